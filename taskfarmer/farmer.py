@@ -1,0 +1,227 @@
+"""The farmer's main process: N worker processes on one work directory, kept alive until the list is done.
+
+It never runs a task itself. It starts the workers, replaces one that dies (its task goes back to the queue),
+heartbeats for other hosts, gives back the tasks of dead farmers, and on a stop (signal or ``--timeout``) makes
+every worker end its task and return it. It draws nothing: progress goes to a callback (see ``display``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from taskfarmer import process
+from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
+from taskfarmer.worker import EXIT_DONE, FARMER_VARIABLE, SLOT_VARIABLE, WorkerSpec, worker_main
+
+if TYPE_CHECKING:
+    import multiprocessing.queues
+    from collections.abc import Callable
+    from multiprocessing.process import BaseProcess
+    from pathlib import Path
+    from types import FrameType
+
+    from taskfarmer.config import Definition
+
+_LOGGER: Final = logging.getLogger(__name__)
+_TICK: Final = 0.1
+_STOP_WAIT_EXTRA: Final = 10.0  # beyond the runner's grace, before workers are killed outright
+_RESPAWN_LIMIT: Final = 5  # deaths of one slot within _RESPAWN_WINDOW before the farmer gives up on it
+_RESPAWN_WINDOW: Final = 60.0
+_IDLE_POLL: Final = 2.0
+
+
+class StopReason(enum.Enum):
+    """Why a farmer stopped before the list was done."""
+
+    SIGNAL = "signal"
+    TIMEOUT = "timeout"
+    IMMEDIATE = "second interrupt"
+    WORKERS_FAILING = "workers keep dying"
+
+
+@dataclass(frozen=True)
+class FarmerOptions:
+    """How one farmer runs."""
+
+    tasklist: Path
+    processes: int
+    runner: Definition
+    handler: Definition
+    timeout: float | None = None
+    lease: float = 600.0
+    grace: float = process.DEFAULT_GRACE
+    log_level: int = logging.WARNING
+
+
+@dataclass
+class FarmerResult:
+    """What one farmer did."""
+
+    stopped: StopReason | None = None
+    ran: int = 0
+    failed: int = 0
+    returned: list[int] = field(default_factory=list)
+
+
+
+class Farmer:
+    """Runs a tasklist with N worker processes until it is done or told to stop."""
+
+    def __init__(self, store: WorkDir, options: FarmerOptions, *, listener: Callable[[tuple[Any, ...]], None]) -> None:
+        """:param listener: receives the workers' events: ``("start", worker, taskid, command)`` and
+        ``("end", worker, taskid, status)``
+        """
+        self.store = store
+        self.options = options
+        self.record = FarmerRecord.new(workers=options.processes, lease=options.lease)
+        self._listener = listener
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._events: multiprocessing.queues.Queue[Any] = self._context.Queue()
+        self._workers: dict[int, BaseProcess] = {}
+        self._deaths: dict[int, list[float]] = {}
+        self._signals = 0
+        self.result = FarmerResult()
+
+    # -- signals ----------------------------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT, SIGTERM and SIGUSR1 stop the farmer cleanly; a second SIGINT stops it at once."""
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # No I/O here: the main loop notices within one tick.
+        self._signals += 1 if signum == signal.SIGINT else 0
+        if self.result.stopped is None or (signum == signal.SIGINT and self._signals > 1):
+            self.result.stopped = StopReason.IMMEDIATE if self._signals > 1 else StopReason.SIGNAL
+
+    # -- the main loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> FarmerResult:
+        """Farm until the list is done or a stop; the workdir must exist and hold the tasklist already."""
+        process.become_subreaper()
+        self.store.register(self.record)
+        try:
+            self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+            self._farm()
+        finally:
+            self._shutdown()
+        return self.result
+
+    def _farm(self) -> None:
+        deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
+        next_heartbeat = 0.0
+        for slot in range(self.options.processes):
+            self._start_worker(slot)
+        while self.result.stopped is None:
+            self._drain_events(_TICK)
+            if deadline is not None and time.monotonic() >= deadline:
+                self.result.stopped = StopReason.TIMEOUT
+            self._reap_workers()
+            if time.monotonic() >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = time.monotonic() + heartbeat_interval(self.options.lease)
+            if not self._workers and not self._more_work():
+                return
+
+    def _more_work(self) -> bool:
+        """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
+        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        if self.store.toprocess.stat().st_size > 0:
+            for slot in range(self.options.processes):
+                self._start_worker(slot)
+            return True
+        if self.store.stale_holders(me=self.record.name):
+            # Another host's farmer stopped heartbeating; once its lease expires its tasks come back here.
+            self._drain_events(_IDLE_POLL)
+            return True
+        return False
+
+    def _heartbeat(self) -> None:
+        self.store.heartbeat(self.record)
+        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            event = self._events.get(timeout=timeout)
+            while True:
+                self._count(event)
+                self._listener(event)
+                event = self._events.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _count(self, event: tuple[Any, ...]) -> None:
+        if event[0] == "end":
+            self.result.ran += 1
+            self.result.failed += event[3] != "ok"
+
+    # -- workers ----------------------------------------------------------------------------------------------------
+
+    def _start_worker(self, slot: int) -> None:
+        spec = WorkerSpec(
+            workdir=str(self.store.path),
+            lock_path=str(self.store.lock_path),
+            tasklist=str(self.options.tasklist),
+            farmer=self.record.name,
+            worker=slot,
+            runner=self.options.runner,
+            handler=self.options.handler,
+            parent_pid=os.getpid(),
+            log_level=self.options.log_level,
+        )
+        worker = self._context.Process(target=worker_main, args=(spec, self._stop, self._events), name=f"worker-{slot}")
+        worker.start()
+        self._workers[slot] = worker
+
+    def _reap_workers(self) -> None:
+        for slot, worker in list(self._workers.items()):
+            if worker.is_alive():
+                continue
+            worker.join()
+            del self._workers[slot]
+            if worker.exitcode != EXIT_DONE and self.result.stopped is None:
+                self._replace_dead_worker(slot, worker.exitcode)
+
+    def _replace_dead_worker(self, slot: int, exitcode: int | None) -> None:
+        _LOGGER.warning("worker %d died (exit status %s): its task goes back to the queue", slot, exitcode)
+        process.kill_marked(SLOT_VARIABLE, f"{self.record.name}.{slot}", grace=self.options.grace)
+        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        now = time.monotonic()
+        deaths = [t for t in self._deaths.get(slot, []) if now - t < _RESPAWN_WINDOW] + [now]
+        self._deaths[slot] = deaths
+        if len(deaths) >= _RESPAWN_LIMIT:
+            _LOGGER.error("worker %d died %d times within %.0f s: stopping", slot, len(deaths), _RESPAWN_WINDOW)
+            self.result.stopped = StopReason.WORKERS_FAILING
+            return
+        self._start_worker(slot)
+
+    # -- stopping ---------------------------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
+        self._stop.set()
+        immediate = self.result.stopped is StopReason.IMMEDIATE
+        deadline = time.monotonic() + (0 if immediate else self.options.grace + _STOP_WAIT_EXTRA)
+        while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
+            self._drain_events(_TICK)
+            self._workers = {slot: w for slot, w in self._workers.items() if w.is_alive()}
+        for worker in self._workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()
+            worker.join()
+        self._workers.clear()
+        process.kill_marked(FARMER_VARIABLE, self.record.name, grace=0 if immediate else self.options.grace)
+        self._drain_events(0)
+        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        self.store.unregister(self.record)

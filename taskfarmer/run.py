@@ -1,0 +1,88 @@
+"""``pytaskfarmer.py TASKLIST``: check everything the user gave, then farm, then say how it went."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from taskfarmer import config
+from taskfarmer.cli import EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, check_tasklist_has_tasks
+from taskfarmer.display import Display
+from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
+from taskfarmer.store import Counts, IngestResult, WorkDir, default_lock_path
+
+if TYPE_CHECKING:
+    import argparse
+
+_LOGGER: Final = logging.getLogger(__name__)
+_INVALID_SHOWN: Final = 5
+
+
+def run_tasklist(args: argparse.Namespace) -> int:
+    """Run the tasklist of *args* (see ``cli.add_run_arguments``). :returns: the exit status"""
+    runner = config.runner_catalog().get(args.runner)
+    config.build_runner(runner)  # a wrong definition fails here, before the work directory is touched
+    _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)
+    handler = config.tasklist_catalog().get(args.handler)
+    config.build_tasklist(handler)
+    check_tasklist_has_tasks(args.tasklist)
+    workdir = args.workdir or Path(f"{args.tasklist}_workdir")
+    store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
+    store.create()
+    _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist))
+    options = FarmerOptions(
+        tasklist=args.tasklist.resolve(),
+        processes=args.proc,
+        runner=runner,
+        handler=handler,
+        timeout=args.timeout,
+        lease=args.lease,
+        grace=args.grace,
+        log_level=logging.getLogger().level,
+    )
+    display = Display(store.counts(), quiet=args.quiet)
+    farmer = Farmer(store, options, listener=display.on_event)
+    farmer.install_signal_handlers()
+    started = time.monotonic()
+    try:
+        result = farmer.run()
+    finally:
+        display.close()
+    return _summarize(store, result, time.monotonic() - started)
+
+
+def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
+    if ingested is None or not ingested.invalid:
+        return
+    for invalid in ingested.invalid[:_INVALID_SHOWN]:
+        sys.stderr.write(
+            f"pytaskfarmer: warning: {tasklist} line {invalid.taskid + 1} (task {invalid.taskid}) will not run:"
+            f" {invalid.reason}; recorded in failed\n"
+        )
+    if len(ingested.invalid) > _INVALID_SHOWN:
+        sys.stderr.write(f"pytaskfarmer: warning: {len(ingested.invalid) - _INVALID_SHOWN} more invalid lines\n")
+
+
+def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
+    counts = store.counts()
+    sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {result.ran} tasks in {elapsed:.1f} s\n")
+    if result.stopped is not None:
+        sys.stderr.write(
+            f"pytaskfarmer: stopped ({result.stopped.value}): {len(result.returned)} running tasks went back to the"
+            f" queue. Run the same command again to go on (work directory {store.path}).\n"
+        )
+        return EXIT_INTERRUPTED if result.stopped is StopReason.IMMEDIATE else EXIT_STOPPED
+    if counts.failed:
+        sys.stderr.write(f"pytaskfarmer: {counts.failed} tasks failed: see {store.failed}\n")
+        return EXIT_FAILED_TASKS
+    return EXIT_STOPPED if counts.toprocess else EXIT_OK
+
+
+def _state_line(counts: Counts) -> str:
+    line = f"{counts.finished} finished, {counts.failed} failed, {counts.toprocess} left"
+    if counts.running:
+        line += f", {counts.running} still running in other farmers"
+    return line

@@ -1,0 +1,169 @@
+"""The runner contract: ``run(taskid, command, logfh) -> exit status`` and ``terminate()``.
+
+:class:`Runner` is the base PyTaskFarmer runners were written against, kept as it was so that they work unchanged.
+:class:`CommandRunner` is the base of every runner we ship: a subclass only says which argv runs a shell script
+(:meth:`CommandRunner.command`, pure, no I/O); starting, logging, the per-task temporary directory and killing the
+whole process tree live here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from typing import IO, TYPE_CHECKING, Final
+
+import psutil
+
+from taskfarmer import process
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Mapping
+
+_LOGGER: Final = logging.getLogger(__name__)
+TASK_KEY_VARIABLE: Final = "TASKFARMER_TASK_KEY"
+_keys = itertools.count()
+
+
+class Runner:
+    """Executes one task at a time and can be stopped from another thread.
+
+    Subclass it and implement :meth:`run` and :meth:`terminate`, as for PyTaskFarmer. INI keys of the runner's
+    section become keyword arguments of the constructor (strings, unless the parameter is annotated ``bool``,
+    ``int``, ``float``, ``list[str]`` or ``Mapping[str, str]``).
+    """
+
+    def __init__(self) -> None:
+        """Take no arguments here, so that PyTaskFarmer subclasses calling ``super().__init__()`` keep working."""
+
+    def run(self, taskid: int, command: str, logfh: IO[str]) -> int:
+        """Run *command* and return its exit status (0 is success); write its output to *logfh*.
+
+        :param taskid: the task's ID (its line number in the tasklist); ``PROC_NUMBER`` holds it too
+        :param command: the shell command line of the task
+        :param logfh: the task's log file, open for writing
+        :returns: the exit status; negative: killed by that signal
+        """
+        raise NotImplementedError
+
+    def terminate(self) -> bool | None:
+        """Stop the running task, if any. Called from another thread while :meth:`run` waits.
+
+        :returns: whether something was running (``None``: the runner cannot tell)
+        """
+        return None
+
+
+class CommandRunner(Runner):
+    """A runner that executes each task as ``bash -c SCRIPT``, possibly wrapped in an engine's command line.
+
+    :param setup: shell commands run before each task in the same shell (``source env.sh`` ...); when they
+        fail, the task does not run and fails with their status
+    :param variables: environment variables for the tasks (already parsed from ``KEY=VALUE`` lines or a ``.env``)
+    :param tempdir: run each task in a new temporary directory, removed afterwards: ``true`` (under ``$TMPDIR``),
+        a directory to create it in, or ``false`` (run in the farmer's directory)
+    :param grace: seconds between SIGTERM and SIGKILL when a task is stopped
+    :param shell: the shell that interprets the task line
+    """
+
+    def __init__(
+        self,
+        *,
+        setup: str = "",
+        variables: Mapping[str, str] | None = None,
+        tempdir: str = "false",
+        grace: float = process.DEFAULT_GRACE,
+        shell: str = "bash",
+    ) -> None:
+        super().__init__()
+        self.setup = setup.strip()
+        self.variables = dict(variables or {})
+        self.tempdir = _parse_tempdir(tempdir)
+        self.grace = grace
+        self.shell = shell
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._key = ""
+
+    def command(self, script: str) -> list[str]:
+        """:returns: the argv that runs the shell *script* (pure: no I/O)"""
+        return [self.shell, "-c", script]
+
+    def script(self, command: str) -> str:
+        """:returns: the shell script for one task: the setup, then the task line, which runs only if setup succeeded"""
+        if not self.setup:
+            return command
+        # The braces keep `source` effects in this shell; the newline keeps the task's own && and || apart from them.
+        return f"{{ {self.setup}\n}} || exit $?\n{command}"
+
+    def environment(self) -> dict[str, str]:
+        """:returns: the environment of a task: the worker's, the ``variables``, and a key to find its processes"""
+        return {**os.environ, **self.variables, TASK_KEY_VARIABLE: self._key}
+
+    def run(self, taskid: int, command: str, logfh: IO[str]) -> int:
+        """Run the task, wait for it, and end whatever it left running in the background."""
+        cwd = self._make_tempdir(taskid)
+        argv = self.command(self.script(command))
+        try:
+            with self._lock:
+                self._key = f"{os.getpid()}.{next(_keys)}"
+                self._proc = process.start(argv, cwd=cwd, env=self.environment(), output=logfh)
+            return self._proc.wait()
+        except OSError as exc:
+            logfh.write(f"pytaskfarmer: cannot run {argv[0]}: {exc.strerror or exc}\n")
+            return 127
+        finally:
+            self.terminate()  # whatever the task left running in the background ends with it
+            with self._lock:
+                self._proc = None
+            if cwd is not None:
+                shutil.rmtree(cwd, ignore_errors=True)
+
+    def terminate(self) -> bool:
+        """Kill the task's whole process tree: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+        :returns: whether any process of the task was still running
+        """
+        with self._lock:
+            proc, key = self._proc, self._key
+        if proc is None:
+            return False
+        victims = self._task_processes(proc.pid, key)
+        if victims:
+            process.kill_tree(victims, grace=self.grace)
+        return bool(victims)
+
+    @staticmethod
+    def _task_processes(pid: int, key: str) -> list[psutil.Process]:
+        # The task's own tree, plus orphans it left that this (subreaper) process adopted: they carry its key.
+        victims = process.descendants(pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leader = psutil.Process(pid)
+            if leader.status() != psutil.STATUS_ZOMBIE:
+                victims.append(leader)
+        known = {p.pid for p in victims}
+        for proc in process.descendants():
+            with contextlib.suppress(psutil.Error):
+                if proc.pid not in known and proc.environ().get(TASK_KEY_VARIABLE) == key:
+                    victims.append(proc)
+        return victims
+
+    def _make_tempdir(self, taskid: int) -> str | None:
+        if self.tempdir is None:
+            return None
+        return tempfile.mkdtemp(prefix=f"taskfarmer-{taskid}-", dir=self.tempdir or None)
+
+
+def _parse_tempdir(value: str) -> str | None:
+    """``true`` -> ``""`` (the default temporary area), ``false`` -> ``None``, anything else: the parent directory."""
+    lowered = value.strip().lower()
+    if lowered in {"", "false", "no", "off", "0"}:
+        return None
+    if lowered in {"true", "yes", "on", "1"}:
+        return ""
+    return os.path.expanduser(os.path.expandvars(value.strip()))

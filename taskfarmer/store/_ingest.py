@@ -1,0 +1,243 @@
+"""Turning tasklist lines into entries of the ``toprocess`` stack, in bounded memory.
+
+``toprocess`` holds one ``ID COMMAND`` line per task left, the next task LAST: a claim reads the last line and cuts
+the file there, O(1) whatever the list's length, and ``wc -l toprocess`` stays exact. New tasklist lines (the first
+run, or lines appended since) go to the bottom of the stack, so tasks are claimed in file order and tasks given back
+by a stopped farmer (pushed on top) come first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import IO, TYPE_CHECKING, Final
+
+from taskfarmer.errors import TaskListError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+# bash -c gets the task as one argv string; Linux refuses any single argument of 128 KiB or more (MAX_ARG_STRLEN).
+MAX_TASK_BYTES: Final = 128 * 1024 - 4096
+_CHUNK: Final = 1 << 20
+_PREVIEW: Final = 200
+
+
+@dataclass(frozen=True)
+class TaskListState:
+    """How much of the tasklist the work directory has taken in, and a digest to notice later edits."""
+
+    size: int
+    lines: int
+    sha256: str
+    mtime_ns: int
+    ends_with_newline: bool
+
+    def to_json(self) -> bytes:
+        """:returns: the state as written to ``tasklist.json``"""
+        return json.dumps(asdict(self), indent=1).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TaskListState | None:
+        """:returns: the state read from ``tasklist.json``, or ``None`` when there is none yet"""
+        return cls(**json.loads(data)) if data else None
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A tasklist line that cannot run: recorded in ``failed`` with the reason instead."""
+
+    taskid: int
+    reason: str
+    preview: str
+
+
+@dataclass
+class IngestResult:
+    """What one pass over new tasklist lines produced."""
+
+    state: TaskListState
+    tasks: int
+    invalid: list[Invalid]
+
+
+def open_tasklist(path: Path) -> IO[bytes]:
+    """Open the tasklist for reading, with the errors a user can cause turned into one clear line.
+
+    :raises TaskListError: when it is missing, a directory or unreadable
+    """
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        msg = f"Tasklist {path} does not exist. Give the path of a text file with one command per line."
+    except IsADirectoryError:
+        msg = f"Tasklist {path} is a directory. Give the path of a text file with one command per line."
+    except PermissionError:
+        msg = f"Tasklist {path} is not readable: permission denied. Fix its permissions or copy it somewhere readable."
+    except OSError as exc:
+        msg = f"Tasklist {path} cannot be opened: {exc.strerror}."
+    raise TaskListError(msg)
+
+
+def check_unchanged(tasklist: Path, state: TaskListState, source: IO[bytes]) -> hashlib._Hash | None:
+    """Compare the tasklist with what the work directory took in before.
+
+    :returns: ``None`` when nothing was appended, else a hash primed with the checked prefix
+    :raises TaskListError: when the tasklist was truncated or lines already taken in were changed
+    """
+    stat = os.fstat(source.fileno())
+    if stat.st_size == state.size and stat.st_mtime_ns == state.mtime_ns:
+        return None
+    if stat.st_size < state.size:
+        msg = (
+            f"Tasklist {tasklist} is shorter than when this work directory started it ({stat.st_size} < {state.size}"
+            " bytes): it was truncated or replaced. Restore it, or use a new --workdir for a new list."
+        )
+        raise TaskListError(msg)
+    digest = hashlib.sha256()
+    remaining = state.size
+    while remaining:
+        block = source.read(min(_CHUNK, remaining))
+        if not block:
+            break
+        digest.update(block)
+        remaining -= len(block)
+    if digest.hexdigest() != state.sha256:
+        msg = (
+            f"Tasklist {tasklist} was changed since this work directory started it (its first {state.lines} lines"
+            " differ): task IDs would no longer match. Restore it, or use a new --workdir. Appending lines is fine."
+        )
+        raise TaskListError(msg)
+    if stat.st_size > state.size and not state.ends_with_newline:
+        msg = (
+            f"Tasklist {tasklist}: line {state.lines} (its last line, with no newline) was extended. Restore it and"
+            " append new tasks on lines of their own."
+        )
+        raise TaskListError(msg)
+    return digest
+
+
+def ingest(
+    source: IO[bytes],
+    *,
+    start: TaskListState | None,
+    digest: hashlib._Hash,
+    stack: IO[bytes],
+    scratch: IO[bytes],
+) -> IngestResult:
+    """Read the tasklist from *source*'s position to its end and write the new tasks to *stack*, first task last.
+
+    :param start: what was taken in before (``None``: nothing)
+    :param digest: a hash of everything before *source*'s position
+    :param stack: where the reversed entries go
+    :param scratch: an empty temporary file for the entries in file order
+    :returns: the new state and what was taken in
+    """
+    first_line = start.lines if start else 0
+    result = _forward(source, first_line=first_line, digest=digest, scratch=scratch)
+    _reverse_into(scratch, result.boundaries, stack)
+    stat = os.fstat(source.fileno())
+    state = TaskListState(
+        size=result.size,
+        lines=result.next_line,
+        sha256=digest.hexdigest(),
+        mtime_ns=stat.st_mtime_ns,
+        ends_with_newline=result.ends_with_newline,
+    )
+    return IngestResult(state=state, tasks=result.tasks, invalid=result.invalid)
+
+
+@dataclass
+class _ForwardResult:
+    size: int
+    next_line: int
+    tasks: int
+    ends_with_newline: bool
+    boundaries: list[int]
+    invalid: list[Invalid]
+
+
+def _lines(source: IO[bytes], digest: hashlib._Hash) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line, too_long)`` for each line, holding at most one chunk plus one capped line in memory."""
+    carry = b""
+    carry_too_long = False
+    while chunk := source.read(_CHUNK):
+        digest.update(chunk)
+        parts = chunk.split(b"\n")
+        parts[0] = carry + parts[0]
+        carry = parts.pop()
+        for part in parts:
+            yield part, carry_too_long or len(part) > MAX_TASK_BYTES
+            carry_too_long = False
+        if len(carry) > MAX_TASK_BYTES:
+            carry, carry_too_long = carry[: MAX_TASK_BYTES + 1], True
+    if carry or carry_too_long:
+        yield carry, carry_too_long
+
+
+def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
+    """:returns: ``(command or None when the line is no task, reason when it is invalid)``"""
+    if too_long:
+        return None, f"invalid:too-long (over {MAX_TASK_BYTES} bytes)"
+    stripped = line.strip()
+    if not stripped or stripped.startswith(b"#"):
+        return None, ""
+    try:
+        command = stripped.decode()
+    except UnicodeDecodeError:
+        return None, "invalid:not-utf8"
+    if "\0" in command:
+        return None, "invalid:nul-byte"
+    return command, ""
+
+
+def _forward(source: IO[bytes], *, first_line: int, digest: hashlib._Hash, scratch: IO[bytes]) -> _ForwardResult:
+    out = _ForwardResult(size=0, next_line=first_line, tasks=0, ends_with_newline=True, boundaries=[0], invalid=[])
+    buffered: list[bytes] = []
+    pending = 0
+    for line, too_long in _lines(source, digest):
+        command, reason = _check(line, too_long=too_long)
+        if command is not None:
+            entry = b"%d %s" % (out.next_line, command.encode())
+            buffered.append(entry)
+            pending += len(entry) + 1
+            out.tasks += 1
+        elif reason:
+            preview = line[:_PREVIEW].decode(errors="backslashreplace").strip()
+            out.invalid.append(Invalid(out.next_line, reason, preview))
+        out.next_line += 1
+        if pending >= _CHUNK:
+            _flush(buffered, scratch, out.boundaries)
+            pending = 0
+    _flush(buffered, scratch, out.boundaries)
+    out.size = source.tell()  # absolute: the source was positioned after what was taken in before
+    out.ends_with_newline = _ends_with_newline(source)
+    return out
+
+
+def _ends_with_newline(source: IO[bytes]) -> bool:
+    end = source.tell()
+    if end == 0:
+        return True
+    return os.pread(source.fileno(), 1, end - 1) == b"\n"
+
+
+def _flush(buffered: list[bytes], scratch: IO[bytes], boundaries: list[int]) -> None:
+    if buffered:
+        scratch.write(b"\n".join(buffered) + b"\n")
+        boundaries.append(scratch.tell())
+        buffered.clear()
+
+
+def _reverse_into(scratch: IO[bytes], boundaries: list[int], stack: IO[bytes]) -> None:
+    """Copy the entries of *scratch* to *stack* in reverse order, one chunk at a time."""
+    scratch.flush()
+    for index in range(len(boundaries) - 1, 0, -1):
+        begin, end = boundaries[index - 1], boundaries[index]
+        block = os.pread(scratch.fileno(), end - begin, begin)
+        entries = block[:-1].split(b"\n")
+        entries.reverse()
+        stack.write(b"\n".join(entries) + b"\n")

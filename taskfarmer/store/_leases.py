@@ -1,0 +1,134 @@
+"""Who holds a running task, and whether that holder is still alive.
+
+A farmer is alive on this host while its worker process exists with the same start time (a reused PID does not
+count); on another host, while it touches its ``farmers/`` file more often than the lease. Hosts are told apart by
+the scheduler's node name (``SLURMD_NODENAME``) or the hostname, and reboots by the kernel's boot id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+# Process start times are read from /proc with 10 ms ticks; allow for rounding.
+_CTIME_TOLERANCE: Final = 0.05
+
+
+@cache
+def host_name() -> str:
+    """:returns: the name of this node as the batch system knows it"""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+@cache
+def boot_id() -> str:
+    """:returns: an identifier that changes when this host reboots (empty where the kernel has none)"""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_ctime(pid: int) -> float | None:
+    """:returns: the start time of process *pid*, or ``None`` when it does not exist"""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process that holds (or held) tasks: a farmer's main process or one of its workers."""
+
+    host: str
+    boot: str
+    pid: int
+    ctime: float
+
+    @classmethod
+    def this_process(cls) -> Holder:
+        """:returns: the holder describing the calling process"""
+        pid = os.getpid()
+        return cls(host=host_name(), boot=boot_id(), pid=pid, ctime=process_ctime(pid) or time.time())
+
+    def is_local(self) -> bool:
+        """:returns: whether this holder runs on this host (since its last boot)"""
+        return self.host == host_name() and self.boot == boot_id()
+
+    def is_alive_locally(self) -> bool:
+        """:returns: for a local holder, whether its process still runs (a reused PID is not it)"""
+        ctime = process_ctime(self.pid)
+        return ctime is not None and abs(ctime - self.ctime) < _CTIME_TOLERANCE
+
+
+@dataclass(frozen=True)
+class FarmerRecord:
+    """The content of ``farmers/<name>``: who the farmer is; the file's mtime is its heartbeat."""
+
+    name: str
+    holder: Holder
+    started: float
+    workers: int
+    lease: float
+
+    @classmethod
+    def new(cls, *, workers: int, lease: float) -> FarmerRecord:
+        """:returns: a record for a farmer started by the calling process"""
+        holder = Holder.this_process()
+        name = f"{holder.host}.{holder.pid}.{uuid.uuid4().hex[:6]}"
+        return cls(name=name, holder=holder, started=time.time(), workers=workers, lease=lease)
+
+    def to_json(self) -> bytes:
+        """:returns: the record as stored"""
+        return json.dumps(asdict(self)).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FarmerRecord:
+        """:returns: a record read back; raises ``ValueError``/``KeyError``/``TypeError`` on a damaged one"""
+        raw = json.loads(data)
+        raw["holder"] = Holder(**raw["holder"])
+        return cls(**raw)
+
+
+def farmer_pid(name: str) -> int:
+    """:returns: the PID part of a farmer name ``HOST.PID.TOKEN`` (hosts may contain dots)"""
+    return int(name.rsplit(".", 2)[1])
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """The content of ``running/<farmer>.<worker>``: the task that worker runs right now."""
+
+    task: int
+    command: str
+    farmer: str
+    worker: int
+    holder: Holder
+    started: float
+
+    def to_json(self) -> bytes:
+        """:returns: the record as stored"""
+        return json.dumps(asdict(self)).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SlotRecord | None:
+        """:returns: the record, or ``None`` for an idle slot"""
+        if not data.strip():
+            return None
+        raw = json.loads(data)
+        raw["holder"] = Holder(**raw["holder"])
+        return cls(**raw)
+
+    def stack_entry(self) -> bytes:
+        """:returns: the ``toprocess`` line that puts this task back in the queue"""
+        return b"%d %s\n" % (self.task, self.command.encode())
