@@ -12,7 +12,7 @@ import enum
 import logging
 import multiprocessing
 import os
-import queue
+import multiprocessing.connection
 import signal
 import time
 from dataclasses import dataclass, field
@@ -23,8 +23,8 @@ from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
 from taskfarmer.worker import EXIT_DONE, FARMER_VARIABLE, SLOT_VARIABLE, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
-    import multiprocessing.queues
     from collections.abc import Callable
+    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
     from pathlib import Path
     from types import FrameType
@@ -86,8 +86,8 @@ class Farmer:
         self._listener = listener
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
-        self._events: multiprocessing.queues.Queue[Any] = self._context.Queue()
         self._workers: dict[int, BaseProcess] = {}
+        self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
         self._signals = 0
         self.result = FarmerResult()
@@ -152,19 +152,35 @@ class Farmer:
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
 
     def _drain_events(self, timeout: float) -> None:
+        """Pass on the workers' events, at most every *timeout* seconds; return early when a worker ended.
+
+        Waiting on the workers' ends only (not on their pipes) keeps this process from waking up for every task:
+        a pipe holds a thousand events, more than a worker sends in one tick.
+        """
+        sentinels = [worker.sentinel for worker in self._workers.values()]
+        if sentinels:
+            multiprocessing.connection.wait(sentinels, timeout)
+        else:
+            time.sleep(timeout)
+        for slot in list(self._pipes):
+            self._read_pipe(slot)
+
+    def _read_pipe(self, slot: int) -> None:
+        pipe = self._pipes[slot]
         try:
-            event = self._events.get(timeout=timeout)
-            while True:
+            while pipe.poll():
+                event = pipe.recv()
                 self._count(event)
                 self._listener(event)
-                event = self._events.get_nowait()
-        except queue.Empty:
-            pass
+        except (EOFError, OSError):
+            del self._pipes[slot]
 
     def _count(self, event: tuple[Any, ...]) -> None:
         if event[0] == "end":
             self.result.ran += 1
             self.result.failed += event[3] != "ok"
+        elif event[0] == "returned":
+            self.result.returned.append(event[2])
 
     # -- workers ----------------------------------------------------------------------------------------------------
 
@@ -180,9 +196,12 @@ class Farmer:
             parent_pid=os.getpid(),
             log_level=self.options.log_level,
         )
-        worker = self._context.Process(target=worker_main, args=(spec, self._stop, self._events), name=f"worker-{slot}")
+        receiver, sender = self._context.Pipe(duplex=False)
+        worker = self._context.Process(target=worker_main, args=(spec, self._stop, sender), name=f"worker-{slot}")
         worker.start()
+        sender.close()  # the worker holds the only sending end: EOF tells us it is gone
         self._workers[slot] = worker
+        self._pipes[slot] = receiver
 
     def _reap_workers(self) -> None:
         for slot, worker in list(self._workers.items()):
@@ -190,6 +209,9 @@ class Farmer:
                 continue
             worker.join()
             del self._workers[slot]
+            if slot in self._pipes:
+                self._read_pipe(slot)  # its last events
+                self._pipes.pop(slot, None)
             if worker.exitcode != EXIT_DONE and self.result.stopped is None:
                 self._replace_dead_worker(slot, worker.exitcode)
 

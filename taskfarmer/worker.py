@@ -21,7 +21,7 @@ from taskfarmer import config, process
 from taskfarmer.store import Holder, Outcome, SlotRecord, Task, WorkDir
 
 if TYPE_CHECKING:
-    import multiprocessing.queues
+    from multiprocessing.connection import Connection
     from multiprocessing.synchronize import Event
 
     from taskfarmer.config import Definition
@@ -49,7 +49,7 @@ class WorkerSpec:
     log_level: int = logging.WARNING
 
 
-def worker_main(spec: WorkerSpec, stop: Event, events: multiprocessing.queues.Queue[Any]) -> None:
+def worker_main(spec: WorkerSpec, stop: Event, events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
@@ -59,26 +59,36 @@ def worker_main(spec: WorkerSpec, stop: Event, events: multiprocessing.queues.Qu
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     code = worker.run()
     events.close()
-    events.join_thread()
     os._exit(code)  # skip multiprocessing's atexit work: the task state is already on disk
 
 
 class Worker:
     """The claim -> run -> record loop of one worker slot."""
 
-    def __init__(self, spec: WorkerSpec, stop: Event, events: multiprocessing.queues.Queue[Any]) -> None:
+    def __init__(self, spec: WorkerSpec, stop: Event, events: Connection) -> None:
         self.spec = spec
         self._farm_stop = stop
         self._events = events
         self._local_stop = threading.Event()
-        self._task_done = threading.Event()
+        self._task_running = threading.Event()
         self._killed = False
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
         self.runner, self.variables = config.build_runner(spec.runner)
         self.handler = config.build_tasklist(spec.handler)
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
-        os.environ[SLOT_VARIABLE] = f"{spec.farmer}.{spec.worker}"
-        os.environ[FARMER_VARIABLE] = spec.farmer
+        self._watch_lock = threading.Lock()
+        self._logs_abs = self.store.logs.resolve()
+        threading.Thread(target=self._watch, name="watcher", daemon=True).start()
+        os.environ.update(self.variables)
+        os.environ.update(
+            {
+                SLOT_VARIABLE: f"{spec.farmer}.{spec.worker}",
+                FARMER_VARIABLE: spec.farmer,
+                "TASKFARMER_WORKER": str(spec.worker),
+                "TASKFARMER_WORKDIR": str(self.store.path.resolve()),
+                "TASKFARMER_HOST": self.slot.holder.host,
+            }
+        )
 
     def request_stop(self) -> None:
         """Stop after (killing) the current task; safe to call from a signal handler."""
@@ -100,30 +110,32 @@ class Worker:
             outcome = self._execute(task)
             process.reap_any()
             if outcome is None:
-                self.store.release(self.slot)
+                if self.store.release(self.slot):
+                    self._send("returned", self.slot.task, "")
                 return EXIT_STOPPED
             task = self.store.finish_and_claim(self.slot, outcome, claim_next=not self.stopping(), tasklist=tasklist)
-            self._events.put(("end", self.spec.worker, self.slot.task, outcome.status if not outcome.succeeded else "ok"))
+            self._send("end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
         return EXIT_STOPPED if self.stopping() else EXIT_DONE
+
+    def _send(self, kind: str, taskid: int, detail: str) -> None:
+        with contextlib.suppress(OSError):  # the farmer is gone: stopping() notices it
+            self._events.send((kind, self.spec.worker, taskid, detail))
 
     def _execute(self, task: Task) -> Outcome | None:
         """Run one task. :returns: its outcome, or ``None`` when it was killed because of a stop"""
         attempt, log_path, logfh = self._open_log(task.taskid)
         self._prepare_environment(task, attempt, log_path)
-        self._events.put(("start", self.spec.worker, task.taskid, task.command))
-        self._killed = False
-        self._task_done.clear()
-        watcher = threading.Thread(target=self._watch, daemon=True)
-        watcher.start()
+        self._send("start", task.taskid, task.command)
+        with self._watch_lock:
+            self._killed = False
+            self._task_running.set()
         started = time.time()
         with logfh:
             returncode, reason = self._run_runner(task, logfh)
         ended = time.time()
-        self._task_done.set()
-        watcher.join()
-        if self._killed:
-            return None
-        return Outcome(returncode, started, ended, attempt=attempt, log=f"logs/{log_path.name}", reason=reason)
+        with self._watch_lock:
+            self._task_running.clear()
+            return Outcome(returncode, started, ended, attempt=attempt, log=f"logs/{log_path.name}", reason=reason)
 
     def _run_runner(self, task: Task, logfh: IO[str]) -> tuple[int, str]:
         try:
@@ -139,10 +151,13 @@ class Worker:
 
     def _watch(self) -> None:
         """Kill the task when a stop comes; keep killing until the runner returns (it may be starting it)."""
-        while not self._task_done.wait(_WATCH_INTERVAL):
-            if self.stopping():
+        while True:
+            self._task_running.wait()
+            time.sleep(_WATCH_INTERVAL)
+            if self._task_running.is_set() and self.stopping():
                 killed = self.runner.terminate()
-                self._killed = self._killed or killed is None or bool(killed)
+                with self._watch_lock:
+                    self._killed = self._killed or killed is None or bool(killed)
 
     def _open_log(self, taskid: int) -> tuple[int, Path, IO[str]]:
         """Create the log of the next attempt (``log_ID``, then ``log_ID.2``...): a rerun never overwrites one."""
@@ -154,15 +169,7 @@ class Worker:
             attempt += 1
 
     def _prepare_environment(self, task: Task, attempt: int, log_path: Path) -> None:
-        os.environ.update(self.variables)
-        os.environ.update(
-            {
-                "PROC_NUMBER": str(task.taskid),
-                "TASKFARMER_TASK_ID": str(task.taskid),
-                "TASKFARMER_ATTEMPT": str(attempt),
-                "TASKFARMER_WORKER": str(self.spec.worker),
-                "TASKFARMER_WORKDIR": str(self.store.path.resolve()),
-                "TASKFARMER_LOG": str(log_path.resolve()),
-                "TASKFARMER_HOST": self.slot.holder.host,
-            }
-        )
+        # The worker is a process of its own that runs one task at a time: its environment is the task's.
+        os.environ["PROC_NUMBER"] = os.environ["TASKFARMER_TASK_ID"] = str(task.taskid)
+        os.environ["TASKFARMER_ATTEMPT"] = str(attempt)
+        os.environ["TASKFARMER_LOG"] = str(self._logs_abs / log_path.name)

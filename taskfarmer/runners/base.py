@@ -22,7 +22,6 @@ import psutil
 from taskfarmer import process
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Mapping
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class CommandRunner(Runner):
         self.grace = grace
         self.shell = shell
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: process.TaskProcess | None = None
         self._key = ""
 
     def command(self, script: str) -> list[str]:
@@ -116,13 +115,20 @@ class CommandRunner(Runner):
             return self._proc.wait()
         except OSError as exc:
             logfh.write(f"pytaskfarmer: cannot run {argv[0]}: {exc.strerror or exc}\n")
-            return 127
+            return 126 if isinstance(exc, PermissionError) else 127  # as a shell reports it
         finally:
-            self.terminate()  # whatever the task left running in the background ends with it
-            with self._lock:
-                self._proc = None
+            self._end_leftovers()
             if cwd is not None:
                 shutil.rmtree(cwd, ignore_errors=True)
+
+    def _end_leftovers(self) -> None:
+        # Most tasks leave nothing behind: two cheap checks spare the scan of every process on the node.
+        with self._lock:
+            proc = self._proc
+        if proc is not None and (process.group_alive(proc.pid) or process.has_children()):
+            self.terminate()
+        with self._lock:
+            self._proc = None
 
     def terminate(self) -> bool:
         """Kill the task's whole process tree: SIGTERM, then SIGKILL after ``grace`` seconds.
