@@ -1,0 +1,143 @@
+"""Helpers for tests that run real farmers: start them, wait for them, read their work directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import psutil
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+LONG: Final = 30.0  # seconds for what must happen
+SHORT: Final = 1.0  # seconds for what must not happen
+REPO: Final = Path(__file__).resolve().parents[1]
+
+
+def farmer_argv(tasklist: Path, *args: str) -> list[str]:
+    """:returns: the argv that runs ``pytaskfarmer.py`` on *tasklist* with this Python"""
+    return [sys.executable, str(REPO / "bin" / "pytaskfarmer.py"), *args, str(tasklist)]
+
+
+def run_farmer(tasklist: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``pytaskfarmer.py`` to its end. :returns: the completed process (text stdout/stderr)"""
+    return subprocess.run(
+        farmer_argv(tasklist, *args), capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=cwd, check=False,
+    )
+
+
+def start_farmer(tasklist: Path, *args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``pytaskfarmer.py`` in the background (its own process group). Reap it with :func:`cleanup`."""
+    return subprocess.Popen(
+        farmer_argv(tasklist, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float = LONG, what: str = "condition") -> None:
+    """Poll *predicate* until it holds; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            msg = f"timed out after {timeout} s waiting for {what}"
+            raise AssertionError(msg)
+        time.sleep(0.02)
+
+
+def lines(path: Path) -> list[str]:
+    """:returns: the lines of a state file (empty list when missing)"""
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().splitlines()
+    return []
+
+
+def ids(path: Path) -> list[int]:
+    """:returns: the task IDs (first column) of a state file such as finished, failed or toprocess"""
+    return [int(line.split(" ", 1)[0]) for line in lines(path) if line.strip()]
+
+
+def descendants_of_session(sid: int) -> list[psutil.Process]:
+    """:returns: the live processes whose session is *sid* or that carry a farmer marker from it"""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def processes_with_env(variable: str, value: str) -> list[psutil.Process]:
+    """:returns: live processes whose environment has ``variable=value`` (tasks of a farmer, in any session)"""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(variable) == value:
+                found.append(proc)
+    return found
+
+
+@contextlib.contextmanager
+def cleanup(*procs: subprocess.Popen[str]) -> Iterator[None]:
+    """Reap background farmers whatever happens: SIGTERM their group, then SIGKILL."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=LONG)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            proc.communicate()
+
+
+def write_tasklist(path: Path, commands: Sequence[str]) -> Path:
+    """Write *commands* one per line. :returns: *path*"""
+    path.write_text("".join(f"{command}\n" for command in commands))
+    return path
+
+
+def engine_available(name: str) -> str | None:
+    """:returns: ``None`` when the engine can be used from tests, else why not"""
+    probes: dict[str, Callable[[], str | None]] = {
+        "docker": _docker_probe,
+        "apptainer": lambda: None if shutil.which("apptainer") or shutil.which("singularity") else "not on PATH",
+        "slurm": lambda: _command_probe(["sinfo", "-h"]),
+        "htcondor": lambda: _command_probe(["condor_status", "-total"]),
+    }
+    return probes[name]()
+
+
+def _command_probe(argv: list[str]) -> str | None:
+    if shutil.which(argv[0]) is None:
+        return f"{argv[0]} not on PATH"
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return f"{argv[0]} did not answer within 20 s"
+    return None if result.returncode == 0 else f"{argv[0]} failed: {result.stderr.strip()[:200]}"
+
+
+def _docker_probe() -> str | None:
+    try:
+        import docker  # noqa: PLC0415  # only for engine tests
+
+        docker.from_env(timeout=10).ping()
+    except Exception as exc:  # noqa: BLE001  # any failure means "not usable"
+        return f"no Docker API engine answers ({exc.__class__.__name__}: {str(exc)[:200]})"
+    return None
