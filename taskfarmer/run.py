@@ -24,13 +24,15 @@ _INVALID_SHOWN: Final = 5
 def run_tasklist(args: argparse.Namespace) -> int:
     """Run the tasklist of *args* (see ``cli.add_run_arguments``). :returns: the exit status"""
     runner = config.runner_catalog().get(args.runner)
-    config.build_runner(runner)  # a wrong definition fails here, before the work directory is touched
+    runner_object, _ = config.build_runner(runner)  # a wrong definition fails here, before the workdir is touched
     _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)
     handler = config.tasklist_catalog().get(args.handler)
     config.build_tasklist(handler)
     check_tasklist_has_tasks(args.tasklist)
     workdir = args.workdir or Path(f"{args.tasklist}_workdir")
     store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
+    if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
+        runner_object.preflight(workdir=workdir)
     store.create()
     _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist))
     options = FarmerOptions(

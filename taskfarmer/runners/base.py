@@ -23,6 +23,7 @@ from taskfarmer import process
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 _LOGGER: Final = logging.getLogger(__name__)
 TASK_KEY_VARIABLE: Final = "TASKFARMER_TASK_KEY"
@@ -56,6 +57,16 @@ class Runner:
         :returns: whether something was running (``None``: the runner cannot tell)
         """
         return None
+
+    def preflight(self, *, workdir: Path) -> None:
+        """Check once, in the farmer's main process before any task is claimed, that the runner can work.
+
+        Engine runners check their executable or API here (and clean up what a farmer killed with ``kill -9``
+        left behind), so that a missing engine is one clear error instead of every task failing one by one.
+
+        :param workdir: the work directory of the farm
+        :raises TaskFarmerError: (a subclass) when the runner cannot work
+        """
 
 
 class CommandRunner(Runner):
