@@ -1,0 +1,183 @@
+"""Make ELF binaries built against glibc >= 2.38 load on an older glibc by retargeting their C23 imports.
+
+glibc 2.38 added ``__isoc23_strtol`` and friends (C23 number parsing, which also accepts ``0b`` prefixes); compilers
+emit them for plain ``strtol`` calls. Debian unstable's apptainer imports only ``__isoc23_strtol`` and
+``__isoc23_strtoul`` (version ``GLIBC_2.38``), which Debian 12's glibc 2.36 lacks: everything else it needs exists.
+
+For each ``__isoc23_NAME`` import this rewrites, in place:
+
+- the symbol's name to ``NAME``: ``st_name`` moves 9 bytes into the same ``.dynstr`` string (``__isoc23_strtol``
+  ends with ``strtol``), so no string table grows;
+- the version requirement those imports used (``GLIBC_2.38``) into ``GLIBC_2.2.5``, the version of the plain
+  functions, provided no other import needs it (else the binary cannot run on the old glibc anyway: refuse).
+
+Undefined symbols are not in the ``.gnu.hash`` table, so nothing else changes. Running it again on a patched file
+does nothing. Usage: ``python3 patch_isoc23.py FILE...`` (needs pyelftools: ``python3-pyelftools`` on Debian).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from elftools.elf.elffile import ELFFile  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PREFIX: Final = "__isoc23_"
+TARGET_VERSION: Final = "GLIBC_2.2.5"
+_ST_NAME: Final = struct.Struct("<I")
+_VERSYM: Final = struct.Struct("<H")
+_VERNAUX: Final = struct.Struct("<IHHII")  # vna_hash, vna_flags, vna_other, vna_name, vna_next
+
+
+class PatchError(Exception):
+    """The file cannot be patched; the message says why."""
+
+
+@dataclass(frozen=True)
+class Import:
+    """An undefined dynamic symbol to retarget: its index, name and version index."""
+
+    index: int
+    name: str
+    version_index: int
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``Elf64_Vernaux`` entry: where it is in the file and what it holds."""
+
+    offset: int
+    name: str
+    name_offset: int
+    flags: int
+    version_index: int
+
+
+def elf_hash(name: str) -> int:
+    """:returns: the SysV ELF hash of *name*, as ``vna_hash`` holds it"""
+    value = 0
+    for byte in name.encode():
+        value = ((value << 4) + byte) & 0xFFFFFFFF
+        high = value & 0xF0000000
+        if high:
+            value ^= high >> 24
+        value &= ~high & 0xFFFFFFFF
+    return value
+
+
+def _section(elf: Any, name: str) -> Any:  # noqa: ANN401  # pyelftools has no type hints
+    section = elf.get_section_by_name(name)
+    if section is None:
+        msg = f"no {name} section"
+        raise PatchError(msg)
+    return section
+
+
+def _isoc23_imports(elf: Any) -> list[Import]:  # noqa: ANN401
+    dynsym = _section(elf, ".dynsym")
+    versym = _section(elf, ".gnu.version")
+    found = []
+    for index, symbol in enumerate(dynsym.iter_symbols()):
+        if symbol.name.startswith(PREFIX) and symbol["st_shndx"] == "SHN_UNDEF":
+            found.append(Import(index, symbol.name, versym.get_symbol(index)["ndx"]))
+    return found
+
+
+def _requirements(elf: Any) -> Iterator[Requirement]:  # noqa: ANN401
+    section = _section(elf, ".gnu.version_r")
+    offset = section["sh_offset"]
+    dynstr = elf.get_section(section["sh_link"])
+    for verneed, auxiliaries in section.iter_versions():
+        aux_offset = offset + verneed["vn_aux"]
+        for aux in auxiliaries:
+            flags = aux["vna_flags"] if isinstance(aux["vna_flags"], int) else 0
+            yield Requirement(aux_offset, aux.name, aux["vna_name"], flags, aux["vna_other"])
+            aux_offset += aux["vna_next"]
+        offset += verneed["vn_next"]
+    del dynstr
+
+
+def _users(elf: Any, version_index: int) -> set[str]:  # noqa: ANN401
+    dynsym = _section(elf, ".dynsym")
+    versym = _section(elf, ".gnu.version")
+    return {
+        symbol.name
+        for index, symbol in enumerate(dynsym.iter_symbols())
+        if index and versym.get_symbol(index)["ndx"] == version_index
+    }
+
+
+def _plan(elf: Any, imports: list[Import]) -> list[tuple[int, bytes]]:  # noqa: ANN401
+    """:returns: the (file offset, new bytes) writes that retarget *imports*"""
+    dynsym = _section(elf, ".dynsym")
+    writes = []
+    for item in imports:
+        symbol = dynsym.get_symbol(item.index)
+        where = dynsym["sh_offset"] + item.index * dynsym["sh_entsize"]
+        writes.append((where, _ST_NAME.pack(symbol["st_name"] + len(PREFIX))))
+    requirements = list(_requirements(elf))
+    target = next((r for r in requirements if r.name == TARGET_VERSION), None)
+    if target is None:
+        msg = f"no {TARGET_VERSION} requirement to borrow the name of"
+        raise PatchError(msg)
+    patched = {item.name for item in imports}
+    for version_index in {item.version_index for item in imports}:
+        others = _users(elf, version_index) - patched
+        requirement = next((r for r in requirements if r.version_index == version_index), None)
+        if requirement is None or requirement.name == TARGET_VERSION:
+            continue  # unversioned import, or already retargeted
+        if others:
+            msg = f"{requirement.name} is also needed by {', '.join(sorted(others))}: this glibc cannot run it"
+            raise PatchError(msg)
+        raw = _VERNAUX.pack(elf_hash(TARGET_VERSION), requirement.flags, version_index, target.name_offset, 0)
+        # Keep vna_next as it is: only hash and name change (the first 4 bytes and bytes 8..12).
+        writes.append((requirement.offset, raw[:4]))
+        writes.append((requirement.offset + 8, raw[8:12]))
+    return writes
+
+
+def patch(path: str) -> list[str]:
+    """Retarget the ``__isoc23_*`` imports of the ELF file *path* in place.
+
+    :returns: the names of the imports retargeted (empty when there were none: already patched)
+    :raises PatchError: when the file cannot be patched
+    """
+    with open(path, "r+b") as stream:
+        elf = ELFFile(stream)
+        if elf.elfclass != 64 or not elf.little_endian:
+            msg = "only 64-bit little-endian ELF files are supported"
+            raise PatchError(msg)
+        imports = _isoc23_imports(elf)
+        writes = _plan(elf, imports) if imports else []
+        _write(stream, writes)
+    return [item.name for item in imports]
+
+
+def _write(stream: IO[bytes], writes: list[tuple[int, bytes]]) -> None:
+    for offset, data in writes:
+        stream.seek(offset)
+        stream.write(data)
+
+
+def main(argv: list[str]) -> int:
+    """Patch every file named in *argv*. :returns: 0, or 1 when one could not be patched"""
+    status = 0
+    for path in argv:
+        try:
+            names = patch(path)
+        except (PatchError, OSError) as exc:
+            sys.stderr.write(f"patch_isoc23: cannot patch {path}: {exc}\n")
+            status = 1
+            continue
+        done = ", ".join(f"{name} -> {name[len(PREFIX) :]}" for name in names) or "nothing to do"
+        sys.stderr.write(f"patch_isoc23: {path}: {done}\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from taskfarmer.store import _files
+from taskfarmer.store._journal import Journal, Replace, Truncate, Unlink, WriteAt
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_read_last_line_of_a_stack(tmp_path: Path) -> None:
+    stack = tmp_path / "toprocess"
+    stack.write_bytes(b"2 c\n1 b\n0 a\n")
+    assert _files.read_last_line(stack) == (8, b"0 a")
+    _files.truncate(stack, 8)
+    assert _files.read_last_line(stack) == (4, b"1 b")
+    _files.truncate(stack, 4)
+    assert _files.read_last_line(stack) == (0, b"2 c")
+    _files.truncate(stack, 0)
+    assert _files.read_last_line(stack) is None
+
+
+def test_read_last_line_longer_than_a_block(tmp_path: Path) -> None:
+    stack = tmp_path / "toprocess"
+    long_command = "x" * 10_000
+    stack.write_bytes(b"1 short\n0 " + long_command.encode() + b"\n")
+    offset, line = _files.read_last_line(stack) or (0, b"")
+    assert offset == len(b"1 short\n")
+    assert line == b"0 " + long_command.encode()
+
+
+def test_write_at_is_idempotent(tmp_path: Path) -> None:
+    target = tmp_path / "finished"
+    target.write_bytes(b"0 a\n")
+    for _ in range(3):
+        _files.write_at(target, 4, b"1 b\n")
+    assert target.read_bytes() == b"0 a\n1 b\n"
+
+
+def test_truncate_never_extends(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"abc")
+    _files.truncate(target, 10)
+    assert target.read_bytes() == b"abc"
+
+
+def test_journal_commit_applies_every_action(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"0 x\n1 y\n")
+    (tmp_path / "tmp").write_bytes(b"new")
+    (tmp_path / "gone").write_bytes(b"")
+    Journal(tmp_path).commit(
+        [Truncate("a", 4), WriteAt("b", 0, b"hello"), Replace("tmp", "c"), Unlink("gone")]
+    )
+    assert (tmp_path / "a").read_bytes() == b"0 x\n"
+    assert (tmp_path / "b").read_bytes() == b"hello"
+    assert (tmp_path / "c").read_bytes() == b"new"
+    assert not (tmp_path / "gone").exists()
+    assert (tmp_path / ".journal").read_bytes() == b""
+
+
+@pytest.mark.parametrize("applied", [0, 1, 2, 3])
+def test_journal_recover_completes_a_change_interrupted_after_any_action(tmp_path: Path, applied: int) -> None:
+    """A farmer killed after `applied` of the actions: the next lock holder finishes the change exactly."""
+    (tmp_path / "toprocess").write_bytes(b"1 b\n0 a\n")
+    (tmp_path / "finished").write_bytes(b"")
+    actions = [
+        WriteAt("finished", 0, b"7 done\n"),
+        WriteAt("running.0", 0, b'{"task": 0}'),
+        Truncate("toprocess", 4),
+    ]
+    journal = Journal(tmp_path)
+    # What commit() does, cut short: the record, then only some of the actions.
+    (tmp_path / ".journal").write_bytes(json.dumps([_encoded(a) for a in actions]).encode())
+    for action in actions[:applied]:
+        action.apply(tmp_path)
+    assert journal.recover() is True
+    assert (tmp_path / "finished").read_bytes() == b"7 done\n"
+    assert (tmp_path / "running.0").read_bytes() == b'{"task": 0}'
+    assert (tmp_path / "toprocess").read_bytes() == b"1 b\n"
+    assert journal.recover() is False
+
+
+def test_journal_discards_a_torn_record(tmp_path: Path) -> None:
+    (tmp_path / ".journal").write_bytes(b'[{"op": "wri')
+    assert Journal(tmp_path).recover() is True
+    assert (tmp_path / ".journal").read_bytes() == b""
+
+
+def _encoded(action: WriteAt | Truncate) -> dict[str, object]:
+    from taskfarmer.store._journal import _encode
+
+    return _encode(action)
