@@ -112,6 +112,9 @@ def write_tasklist(directory: Path, tasks: int) -> Path:
 
 
 def count_lines(path: Path) -> int:
+    """:returns: the number of lines of *path*, 0 when it does not exist"""
+    if not path.exists():
+        return 0
     with path.open("rb") as handle:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 

@@ -29,9 +29,12 @@ if TYPE_CHECKING:
 
 PREFIX: Final = "__isoc23_"
 TARGET_VERSION: Final = "GLIBC_2.2.5"
-_ST_NAME: Final = struct.Struct("<I")
-_VERSYM: Final = struct.Struct("<H")
-_VERNAUX: Final = struct.Struct("<IHHII")  # vna_hash, vna_flags, vna_other, vna_name, vna_next
+_WORD: Final = struct.Struct("<I")
+_HALF: Final = struct.Struct("<H")
+_SYM: Final = struct.Struct("<IBBHQQ")  # Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size
+# Elf64_Vernaux is vna_hash (4 bytes), vna_flags (2), vna_other (2), vna_name (4), vna_next (4).
+_VNA_HASH: Final = 0
+_VNA_NAME: Final = 8
 
 
 class PatchError(Exception):
@@ -54,7 +57,6 @@ class Requirement:
     offset: int
     name: str
     name_offset: int
-    flags: int
     version_index: int
 
 
@@ -78,66 +80,80 @@ def _section(elf: Any, name: str) -> Any:  # noqa: ANN401  # pyelftools has no t
     return section
 
 
-def _isoc23_imports(elf: Any) -> list[Import]:  # noqa: ANN401
+@dataclass(frozen=True)
+class Symbols:
+    """The dynamic symbol table, read raw (pyelftools builds an object per symbol: seconds for Go binaries)."""
+
+    names: list[str]
+    name_offsets: list[int]
+    undefined: list[bool]
+    versions: list[int]
+    table_offset: int
+    entry_size: int
+
+
+def _symbols(elf: Any) -> Symbols:  # noqa: ANN401
     dynsym = _section(elf, ".dynsym")
-    versym = _section(elf, ".gnu.version")
-    found = []
-    for index, symbol in enumerate(dynsym.iter_symbols()):
-        if symbol.name.startswith(PREFIX) and symbol["st_shndx"] == "SHN_UNDEF":
-            found.append(Import(index, symbol.name, versym.get_symbol(index)["ndx"]))
-    return found
+    strings = elf.get_section(dynsym["sh_link"]).data()
+    rows = list(_SYM.iter_unpack(dynsym.data()))
+    versions = [row[0] for row in _HALF.iter_unpack(_section(elf, ".gnu.version").data())]
+    return Symbols(
+        names=[strings[row[0] : strings.index(b"\0", row[0])].decode() for row in rows],
+        name_offsets=[row[0] for row in rows],
+        undefined=[row[3] == 0 for row in rows],
+        versions=versions,
+        table_offset=dynsym["sh_offset"],
+        entry_size=dynsym["sh_entsize"],
+    )
+
+
+def _isoc23_imports(symbols: Symbols) -> list[Import]:
+    return [
+        Import(index, name, symbols.versions[index])
+        for index, name in enumerate(symbols.names)
+        if name.startswith(PREFIX) and symbols.undefined[index]
+    ]
 
 
 def _requirements(elf: Any) -> Iterator[Requirement]:  # noqa: ANN401
     section = _section(elf, ".gnu.version_r")
     offset = section["sh_offset"]
-    dynstr = elf.get_section(section["sh_link"])
     for verneed, auxiliaries in section.iter_versions():
         aux_offset = offset + verneed["vn_aux"]
         for aux in auxiliaries:
-            flags = aux["vna_flags"] if isinstance(aux["vna_flags"], int) else 0
-            yield Requirement(aux_offset, aux.name, aux["vna_name"], flags, aux["vna_other"])
+            yield Requirement(aux_offset, aux.name, aux["vna_name"], aux["vna_other"])
             aux_offset += aux["vna_next"]
         offset += verneed["vn_next"]
-    del dynstr
 
 
-def _users(elf: Any, version_index: int) -> set[str]:  # noqa: ANN401
-    dynsym = _section(elf, ".dynsym")
-    versym = _section(elf, ".gnu.version")
-    return {
-        symbol.name
-        for index, symbol in enumerate(dynsym.iter_symbols())
-        if index and versym.get_symbol(index)["ndx"] == version_index
-    }
+def _users(symbols: Symbols, version_index: int) -> set[str]:
+    # Bit 15 of a versym entry marks a hidden version: the index is the low 15 bits.
+    return {name for name, version in zip(symbols.names, symbols.versions) if version & 0x7FFF == version_index}
 
 
-def _plan(elf: Any, imports: list[Import]) -> list[tuple[int, bytes]]:  # noqa: ANN401
+def _plan(elf: Any, symbols: Symbols, imports: list[Import]) -> list[tuple[int, bytes]]:  # noqa: ANN401
     """:returns: the (file offset, new bytes) writes that retarget *imports*"""
-    dynsym = _section(elf, ".dynsym")
     writes = []
     for item in imports:
-        symbol = dynsym.get_symbol(item.index)
-        where = dynsym["sh_offset"] + item.index * dynsym["sh_entsize"]
-        writes.append((where, _ST_NAME.pack(symbol["st_name"] + len(PREFIX))))
+        where = symbols.table_offset + item.index * symbols.entry_size
+        writes.append((where, _WORD.pack(symbols.name_offsets[item.index] + len(PREFIX))))
     requirements = list(_requirements(elf))
     target = next((r for r in requirements if r.name == TARGET_VERSION), None)
     if target is None:
         msg = f"no {TARGET_VERSION} requirement to borrow the name of"
         raise PatchError(msg)
     patched = {item.name for item in imports}
-    for version_index in {item.version_index for item in imports}:
-        others = _users(elf, version_index) - patched
+    for version_index in {item.version_index & 0x7FFF for item in imports}:
+        others = _users(symbols, version_index) - patched
         requirement = next((r for r in requirements if r.version_index == version_index), None)
         if requirement is None or requirement.name == TARGET_VERSION:
             continue  # unversioned import, or already retargeted
         if others:
             msg = f"{requirement.name} is also needed by {', '.join(sorted(others))}: this glibc cannot run it"
             raise PatchError(msg)
-        raw = _VERNAUX.pack(elf_hash(TARGET_VERSION), requirement.flags, version_index, target.name_offset, 0)
-        # Keep vna_next as it is: only hash and name change (the first 4 bytes and bytes 8..12).
-        writes.append((requirement.offset, raw[:4]))
-        writes.append((requirement.offset + 8, raw[8:12]))
+        # Only the hash and the name change: vna_other keeps the index the imports refer to.
+        writes.append((requirement.offset + _VNA_HASH, _WORD.pack(elf_hash(TARGET_VERSION))))
+        writes.append((requirement.offset + _VNA_NAME, _WORD.pack(target.name_offset)))
     return writes
 
 
@@ -152,8 +168,9 @@ def patch(path: str) -> list[str]:
         if elf.elfclass != 64 or not elf.little_endian:
             msg = "only 64-bit little-endian ELF files are supported"
             raise PatchError(msg)
-        imports = _isoc23_imports(elf)
-        writes = _plan(elf, imports) if imports else []
+        symbols = _symbols(elf)
+        imports = _isoc23_imports(symbols)
+        writes = _plan(elf, symbols, imports) if imports else []
         _write(stream, writes)
     return [item.name for item in imports]
 

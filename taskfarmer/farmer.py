@@ -90,14 +90,18 @@ class Farmer:
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
         self._signals = 0
+        self._previous_handlers: dict[int, Any] = {}
         self.result = FarmerResult()
 
     # -- signals ----------------------------------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGINT, SIGTERM and SIGUSR1 stop the farmer cleanly; a second SIGINT stops it at once."""
+        """SIGINT, SIGTERM and SIGUSR1 stop the farmer cleanly; a second SIGINT stops it at once.
+
+        The previous handlers come back when :meth:`run` returns.
+        """
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._on_signal)
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # No I/O here: the main loop notices within one tick.
@@ -116,6 +120,8 @@ class Farmer:
             self._farm()
         finally:
             self._shutdown()
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler)
         return self.result
 
     def _farm(self) -> None:

@@ -76,9 +76,10 @@ class Worker:
         self.runner, self.variables = config.build_runner(spec.runner)
         self.handler = config.build_tasklist(spec.handler)
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
-        self._watch_lock = threading.Lock()
+        self._watch = threading.Condition()
+        self._terminating = False
         self._logs_abs = self.store.logs.resolve()
-        threading.Thread(target=self._watch, name="watcher", daemon=True).start()
+        threading.Thread(target=self._watch_tasks, name="watcher", daemon=True).start()
         os.environ.update(self.variables)
         os.environ.update(
             {
@@ -110,9 +111,11 @@ class Worker:
             outcome = self._execute(task)
             process.reap_any()
             if outcome is None:
+                _LOGGER.info("task %d stopped: back in the queue", task.taskid)
                 if self.store.release(self.slot):
                     self._send("returned", self.slot.task, "")
                 return EXIT_STOPPED
+            _LOGGER.info("task %d %s after %.2f s", self.slot.task, outcome.status if not outcome.succeeded else "finished", outcome.ended - outcome.started)
             task = self.store.finish_and_claim(self.slot, outcome, claim_next=not self.stopping(), tasklist=tasklist)
             self._send("end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
         return EXIT_STOPPED if self.stopping() else EXIT_DONE
@@ -126,16 +129,21 @@ class Worker:
         attempt, log_path, logfh = self._open_log(task.taskid)
         self._prepare_environment(task, attempt, log_path)
         self._send("start", task.taskid, task.command)
-        with self._watch_lock:
+        _LOGGER.info("task %d started (attempt %d): %s", task.taskid, attempt, task.command)
+        with self._watch:
             self._killed = False
             self._task_running.set()
         started = time.time()
         with logfh:
             returncode, reason = self._run_runner(task, logfh)
         ended = time.time()
-        with self._watch_lock:
+        with self._watch:
             self._task_running.clear()
-            return Outcome(returncode, started, ended, attempt=attempt, log=f"logs/{log_path.name}", reason=reason)
+            # A kill under way decides whether the task ended by itself (recorded) or by the stop (returned).
+            self._watch.wait_for(lambda: not self._terminating)
+            if self._killed:
+                return None
+        return Outcome(returncode, started, ended, attempt=attempt, log=f"logs/{log_path.name}", reason=reason)
 
     def _run_runner(self, task: Task, logfh: IO[str]) -> tuple[int, str]:
         try:
@@ -149,15 +157,23 @@ class Worker:
             return 1, "error:runner"
         return returncode, ""
 
-    def _watch(self) -> None:
+    def _watch_tasks(self) -> None:
         """Kill the task when a stop comes; keep killing until the runner returns (it may be starting it)."""
         while True:
             self._task_running.wait()
             time.sleep(_WATCH_INTERVAL)
-            if self._task_running.is_set() and self.stopping():
+            with self._watch:
+                if not (self._task_running.is_set() and self.stopping()):
+                    continue
+                self._terminating = True
+            killed: bool | None = None  # a runner whose terminate() raises is treated as having killed the task
+            try:
                 killed = self.runner.terminate()
-                with self._watch_lock:
+            finally:
+                with self._watch:
                     self._killed = self._killed or killed is None or bool(killed)
+                    self._terminating = False
+                    self._watch.notify_all()
 
     def _open_log(self, taskid: int) -> tuple[int, Path, IO[str]]:
         """Create the log of the next attempt (``log_ID``, then ``log_ID.2``...): a rerun never overwrites one."""

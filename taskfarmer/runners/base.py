@@ -125,8 +125,10 @@ class CommandRunner(Runner):
                 self._proc = process.start(argv, cwd=cwd, env=self.environment(), output=logfh)
             return self._proc.wait()
         except OSError as exc:
-            logfh.write(f"pytaskfarmer: cannot run {argv[0]}: {exc.strerror or exc}\n")
-            return 126 if isinstance(exc, PermissionError) else 127  # as a shell reports it
+            # Worded and numbered as bash reports it: the line may have been executed without bash (BasicRunner).
+            not_found = isinstance(exc, FileNotFoundError) and "/" not in argv[0]
+            logfh.write(f"pytaskfarmer: {argv[0]}: {'command not found' if not_found else exc.strerror or exc}\n")
+            return 126 if isinstance(exc, PermissionError) else 127
         finally:
             self._end_leftovers()
             if cwd is not None:

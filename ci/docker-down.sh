@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Stop the private dockerd that ci/docker-up.sh DIR started: by the PID in DIR/docker.pid, never by name.
+# SIGTERM (dockerd stops its containers and its containerd), then SIGKILL if it is still there after a while.
+# The images stay in DIR/data, so the next docker-up is fast; `rm -rf DIR` after this removes everything.
+set -euo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 DIR  (the directory given to ci/docker-up.sh)" >&2
+    exit 2
+fi
+PIDFILE="$1/docker.pid"
+STOP_TIMEOUT=30
+
+say() { echo "docker-down: $*" >&2; }
+
+if [[ ! -s $PIDFILE ]]; then
+    say "no $PIDFILE: no dockerd of docker-up runs for $1"
+    exit 0
+fi
+pid=$(<"$PIDFILE")
+if ! kill -0 "$pid" 2>/dev/null; then
+    say "dockerd PID $pid of $PIDFILE is gone already"
+    rm -f "$PIDFILE"
+    exit 0
+fi
+if [[ $(cat "/proc/$pid/comm" 2>/dev/null) != dockerd ]]; then
+    say "PID $pid of $PIDFILE is not a dockerd (a reused PID?): not touching it"
+    exit 1
+fi
+kill -TERM "$pid"
+deadline=$((SECONDS + STOP_TIMEOUT))
+while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS > deadline)); then
+        say "dockerd PID $pid still runs $STOP_TIMEOUT s after SIGTERM: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        break
+    fi
+    sleep 0.2
+done
+say "dockerd PID $pid stopped"
