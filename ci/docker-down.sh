@@ -13,12 +13,19 @@ STOP_TIMEOUT=30
 
 say() { echo "docker-down: $*" >&2; }
 
+alive() {
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
 if [[ ! -s $PIDFILE ]]; then
     say "no $PIDFILE: no dockerd of docker-up runs for $1"
     exit 0
 fi
 pid=$(<"$PIDFILE")
-if ! kill -0 "$pid" 2>/dev/null; then
+if ! alive "$pid"; then
     say "dockerd PID $pid of $PIDFILE is gone already"
     rm -f "$PIDFILE"
     exit 0
@@ -29,12 +36,13 @@ if [[ $(cat "/proc/$pid/comm" 2>/dev/null) != dockerd ]]; then
 fi
 kill -TERM "$pid"
 deadline=$((SECONDS + STOP_TIMEOUT))
-while kill -0 "$pid" 2>/dev/null; do
+while alive "$pid"; do
     if ((SECONDS > deadline)); then
         say "dockerd PID $pid still runs $STOP_TIMEOUT s after SIGTERM: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
-        break
+        deadline=$((SECONDS + STOP_TIMEOUT))
     fi
     sleep 0.2
 done
+rm -f "$PIDFILE"
 say "dockerd PID $pid stopped"

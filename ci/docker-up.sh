@@ -44,7 +44,7 @@ daemon_pid() {
     [[ -s $PIDFILE ]] || return 1
     local pid
     pid=$(<"$PIDFILE")
-    kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]] && echo "$pid"
 }
 
 start_daemon() {

@@ -101,7 +101,8 @@ def _read_file(catalog: Catalog, path: Path) -> None:
             parser.read_file(source)
     except (configparser.Error, UnicodeDecodeError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _LOGGER.warning("skipping %s: %s", path, reason)
+        # Not a warning: it only matters if the name asked for is not found, and that error lists these files.
+        _LOGGER.info("skipping %s: %s", path, reason)
         catalog.broken.append(f"{path} ({reason})")
         return
     for section in parser.sections():

@@ -161,21 +161,27 @@ class WorkDir:
     def create(self) -> None:
         """Create the directories and files; harmless when another farmer did it first.
 
-        :raises WorkDirError: when the work directory or the lock cannot be made
+        :raises WorkDirError: when the work directory or the lock cannot be made (nothing is left behind then)
         """
+        made = [d for d in (self.path, self.logs, self.running, self.farmers) if not d.exists()]
         try:
-            for directory in (self.path, self.logs, self.running, self.farmers):
+            for directory in made:
                 directory.mkdir(parents=True, exist_ok=True)
             if not os.access(self.path, os.W_OK):
                 raise PermissionError(errno.EACCES, "permission denied", str(self.path))
         except OSError as exc:
+            _remove_empty(made)
             msg = f"Cannot use work directory {self.path}: {exc.strerror or exc}. Pick another one with --workdir."
             raise WorkDirError(msg) from exc
-        with self.locked():
-            for name in (self.toprocess, self.finished, self.failed):
-                name.touch(exist_ok=True)
-            if _files.size(self.timeline) == 0:
-                _files.write_at(self.timeline, 0, _EMPTY_TIMELINE)
+        try:
+            with self.locked():
+                for name in (self.toprocess, self.finished, self.failed):
+                    name.touch(exist_ok=True)
+                if _files.size(self.timeline) == 0:
+                    _files.write_at(self.timeline, 0, _EMPTY_TIMELINE)
+        except WorkDirError:
+            _remove_empty(made)
+            raise
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -474,6 +480,14 @@ class WorkDir:
         with contextlib.suppress(FileNotFoundError), self.failed.open("rb") as lines:
             return {int(line.split(b" ", 1)[0]) for line in lines if line.strip()}
         return set()
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Undo the creation of *directories* (deepest first), keeping any a concurrent farmer already uses."""
+    for directory in reversed(directories):
+        with contextlib.suppress(OSError):
+            (directory / ".lock").unlink(missing_ok=True)
+            directory.rmdir()
 
 
 def heartbeat_interval(lease: float) -> float:

@@ -1,0 +1,233 @@
+"""Shifter (NERSC): each task in a container, ``shifter --image=docker:IMG ... -- /bin/bash -c SCRIPT``.
+
+Also home of the engine discovery helpers the other command-line engines use: :func:`require_engine` (on PATH
+and answers a probe in time) and :func:`run_tool` (a short helper command with a deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Final
+
+from taskfarmer import process
+from taskfarmer.errors import EngineNotFoundError
+from taskfarmer.runners.base import CommandRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
+
+_LOGGER: Final = logging.getLogger(__name__)
+DEFAULT_PROBE_TIMEOUT: Final = 10.0
+# Image types Shifter knows; anything else is a Docker reference ("ubuntu:22.04", "registry:5000/img:tag").
+IMAGE_TYPES: Final = ("docker", "custom", "id", "local")
+# Shifter refuses bind targets there (its udiRoot owns them).
+FORBIDDEN_TARGETS: Final = ("/dev", "/etc", "/proc", "/var")
+_TAIL: Final = 300
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """How a helper command ended: its exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def tail(self) -> str:
+        """:returns: the last line of stderr (else stdout), shortened, for one-line messages"""
+        text = (self.stderr.strip() or self.stdout.strip() or "no output").splitlines()[-1]
+        return text[-_TAIL:]
+
+
+def run_tool(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> ToolResult:
+    """Run a helper command (an engine's probe, ``pixi shell-hook``...) to its end, killing its group at the deadline.
+
+    Output goes to temporary files, not pipes: a grandchild that outlives a killed command cannot block us.
+
+    :raises subprocess.TimeoutExpired: when it runs longer than *timeout* seconds (its process group is killed)
+    :raises OSError: when it cannot be started
+    """
+    _LOGGER.info("running %s", list(argv))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(  # noqa: S603  # argv is built from the runner's validated options
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        _LOGGER.debug("%s exited with %d", argv[0], returncode)
+        return ToolResult(returncode, _read(out), _read(err))
+
+
+def _read(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
+
+
+def require_engine(executable: str, *, runner: str, probe: Sequence[str], timeout: float) -> str:
+    """Find an engine's executable on PATH and check that it answers ``executable *probe`` within *timeout*.
+
+    :param runner: the runner, as messages name it (``shifter runner [mcc]``)
+    :returns: the executable's path
+    :raises EngineNotFoundError: not on PATH, or the probe fails, hangs or cannot start
+    """
+    path = shutil.which(executable)
+    advice = "Load the module that provides it, or pick another runner with --runner."
+    if path is None:
+        msg = f"The {runner} needs the '{executable}' executable, but it is not on PATH. {advice}"
+        raise EngineNotFoundError(msg)
+    problem = _probe(path, tuple(probe), timeout)
+    if problem is not None:
+        shown = " ".join([executable, *probe])
+        msg = f"The {runner} needs the '{executable}' executable, but {path} does not work ('{shown}' {problem}). {advice}"
+        raise EngineNotFoundError(msg)
+    return path
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(path: str, probe: tuple[str, ...], timeout: float) -> str | None:
+    """:returns: ``None`` when ``path *probe`` exits 0 within *timeout*, else what went wrong"""
+    try:
+        result = run_tool([path, *probe], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not answer within {timeout:g} s"
+    except OSError as exc:
+        return f"cannot be run: {exc.strerror or exc}"
+    if result.returncode != 0:
+        return f"exited with status {result.returncode}: {result.tail()}"
+    return None
+
+
+def runner_label(kind: str, name: str) -> str:
+    """:returns: how messages name a runner: ``shifter runner [mcc]``, or ``shifter runner`` without a name"""
+    return f"{kind} runner [{name}]" if name else f"{kind} runner"
+
+
+class ShifterRunner(CommandRunner):
+    """Runs each task in a Shifter container: ``shifter --image=docker:IMG [options] -- /bin/bash -c SCRIPT``.
+
+    Shifter passes the caller's whole environment into the container (the image's ``ENV`` wins), so
+    ``PROC_NUMBER``, ``TASKFARMER_*`` and ``variables`` reach the task. Shifter refuses to run as root: run the
+    farmer as yourself (on a NERSC node you always do).
+
+    :param image: the image; without a Shifter image type (``docker:``, ``custom:``, ``id:``, ``local:``)
+        ``docker:`` is put in front, so ``ubuntu:22.04`` becomes ``--image=docker:ubuntu:22.04``
+    :param setup: commands run in the container before each task, in the same shell; an empty setup is no setup
+    :param volumes: bind mounts ``/host:/container[:flags]`` (shell words, so a path may be quoted), each one a
+        ``-V`` option; the container path must exist in the image and not be under /dev, /etc, /proc or /var
+    :param modules: Shifter modules (``cvmfs gpu`` or ``cvmfs,gpu``) as one ``--module=a,b``; ``none`` turns off
+        the site's default modules; empty: the site's default
+    :param tempdir: run each task in a new temporary directory (see :class:`CommandRunner`), given to Shifter as
+        ``--workdir`` and removed after the task
+    :param entrypoint: run the image's entrypoint (``--entrypoint``), which gets ``/bin/bash -c SCRIPT``
+    :param shell: the shell inside the image that runs the setup and the task
+    :param probe_timeout: seconds ``shifter --help`` may take before Shifter counts as unusable
+    :param name: the runner's name, for messages (given by the farmer)
+    :raises ValueError: an empty image, a malformed volume, or ``none`` mixed with other modules
+    """
+
+    def __init__(  # noqa: PLR0913  # one keyword per INI option
+        self,
+        *,
+        image: str,
+        setup: str = "",
+        volumes: list[str] | None = None,
+        modules: list[str] | None = None,
+        tempdir: str = "false",
+        entrypoint: bool = False,
+        shell: str = "/bin/bash",
+        variables: Mapping[str, str] | None = None,
+        grace: float = process.DEFAULT_GRACE,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        name: str = "",
+    ) -> None:
+        super().__init__(setup=setup, variables=variables, tempdir=tempdir, grace=grace, shell=shell)
+        self.image = image_reference(image)
+        self.volumes = [check_volume(volume) for volume in volumes or []]
+        self.modules = module_list(modules or [])
+        self.entrypoint = entrypoint
+        self.probe_timeout = probe_timeout
+        self.name = name
+        self._workdir: str | None = None
+
+    def command(self, script: str) -> list[str]:
+        """:returns: ``["shifter", "--image=...", (-V VOL)..., [--module=...], [--workdir=...], [--entrypoint],
+        "--", shell, "-c", script]`` (pure: no I/O)
+        """
+        argv = ["shifter", f"--image={self.image}"]
+        for volume in self.volumes:
+            argv += ["-V", volume]
+        if self.modules:
+            argv.append(f"--module={','.join(self.modules)}")
+        if self._workdir is not None:
+            argv.append(f"--workdir={self._workdir}")
+        if self.entrypoint:
+            argv.append("--entrypoint")
+        return [*argv, "--", self.shell, "-c", script]
+
+    def _make_tempdir(self, taskid: int) -> str | None:
+        # The base creates the task's directory, starts shifter in it and removes it afterwards; Shifter is also
+        # told explicitly (--workdir, as PyTaskFarmer did), so the container starts there whatever the image says.
+        self._workdir = super()._make_tempdir(taskid)
+        return self._workdir
+
+    def preflight(self, *, workdir: Path) -> None:
+        """Check that ``shifter`` is on PATH and answers ``shifter --help`` within ``probe_timeout`` seconds.
+
+        :raises EngineNotFoundError: naming the runner, with what to do
+        """
+        del workdir  # nothing of Shifter lives there
+        require_engine(
+            "shifter", runner=runner_label("shifter", self.name), probe=["--help"], timeout=self.probe_timeout
+        )
+
+
+def image_reference(image: str) -> str:
+    """:returns: the image with a Shifter image type: ``ubuntu:22.04`` -> ``docker:ubuntu:22.04``
+    :raises ValueError: for an empty image
+    """
+    image = image.strip()
+    if not image:
+        msg = "the image is empty (give one, e.g. docker:ubuntu:22.04)"
+        raise ValueError(msg)
+    kind, sep, _ = image.partition(":")
+    return image if sep and kind in IMAGE_TYPES else f"docker:{image}"
+
+
+def check_volume(volume: str) -> str:
+    """:returns: *volume* when it is ``/host:/container[:flags]`` with an allowed container path
+    :raises ValueError: otherwise, saying what is wrong
+    """
+    host, _, rest = volume.partition(":")
+    target = rest.partition(":")[0]
+    if not host or not target.startswith("/"):
+        msg = f"volume {volume!r} is not /host/path:/container/path[:ro]"
+        raise ValueError(msg)
+    if any(target == top or target.startswith(f"{top}/") for top in FORBIDDEN_TARGETS):
+        msg = f"volume {volume!r}: Shifter cannot mount on {target} (not under {', '.join(FORBIDDEN_TARGETS)})"
+        raise ValueError(msg)
+    return volume
+
+
+def module_list(modules: Sequence[str]) -> list[str]:
+    """:returns: the module names of ``modules = a b`` or ``modules = a,b``
+    :raises ValueError: when ``none`` comes with other modules
+    """
+    names = [name for item in modules for name in item.split(",") if name]
+    if "none" in names and len(names) > 1:
+        msg = f"modules {' '.join(names)}: 'none' turns every module off, so it cannot come with others"
+        raise ValueError(msg)
+    return names

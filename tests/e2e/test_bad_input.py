@@ -1,0 +1,154 @@
+"""Promise 4: bad input gets one clear line on stderr, exit status 2, no traceback, and changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.helpers import ids, lines, run_farmer, write_tasklist
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _snapshot(directory: Path) -> dict[str, str]:
+    if not directory.exists():
+        return {}
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _assert_one_clear_line(stderr: str, *needles: str) -> None:
+    assert "Traceback" not in stderr
+    error_lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1, stderr
+    for needle in needles:
+        assert needle in error_lines[0], error_lines[0]
+
+
+def _ini(home: Path, text: str) -> None:
+    (home / "runners.d" / "bad.ini").write_text(text)
+
+
+CASES: dict[str, tuple[Callable[[Path, Path], list[str]], tuple[str, ...]]] = {
+    "missing tasklist": (lambda tmp, _: [str(tmp / "nope.txt")], ("nope.txt", "does not exist")),
+    "directory as tasklist": (lambda tmp, _: [str(tmp)], ("is a directory",)),
+    "empty tasklist": (lambda tmp, _: [str(write_tasklist(tmp / "e.txt", []))], ("has no tasks",)),
+    "only comments": (lambda tmp, _: [str(write_tasklist(tmp / "c.txt", ["# x", "", "  "]))], ("has no tasks",)),
+    "unknown runner": (
+        lambda tmp, home: (_ini(home, "[gpu]\nRunner = BasicRunner\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        ("Unknown runner 'mcc'", "Defined: default, gpu"),
+    ),
+    "malformed ini": (
+        lambda tmp, home: (_ini(home, "[mcc\nRunner = BasicRunner\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        ("Unknown runner 'mcc'", "bad.ini"),
+    ),
+    "runner class that does not import": (
+        lambda tmp, home: (
+            _ini(home, "[mcc]\nRunner = taskfarmer.runners.DokcerRunner\n"),
+            ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))],
+        )[1],
+        ("[mcc]", "bad.ini", "DokcerRunner", "not found"),
+    ),
+    "unknown runner option": (
+        lambda tmp, home: (_ini(home, "[mcc]\nRunner = BasicRunner\nimage = x\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        ("[mcc]", "bad.ini", "unknown option 'image'", "Valid options:"),
+    ),
+    "class that is no runner": (
+        lambda tmp, home: (
+            _ini(home, "[mcc]\nRunner = taskfarmer.tasklist.TemplateTaskList\n"),
+            ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))],
+        )[1],
+        ("[mcc]", "not a taskfarmer.runners.base.Runner"),
+    ),
+    "missing template option": (
+        lambda tmp, _: (
+            (tmp / "h.ini").write_text("[files]\nTaskList = TemplateTaskList\n"),
+            ["-t", "files", str(write_tasklist(tmp / "t.txt", ["true"]))],
+        )[1],
+        ("[files]", "h.ini", "missing option 'command'"),
+    ),
+    "unknown tasklist handler": (lambda tmp, _: ["-t", "nope", str(write_tasklist(tmp / "t.txt", ["true"]))], ("Unknown tasklist handler 'nope'",)),
+    "workdir cannot be created": (
+        lambda tmp, _: (
+            (tmp / "file").write_text("x"),
+            ["-w", str(tmp / "file" / "wd"), str(write_tasklist(tmp / "t.txt", ["true"]))],
+        )[1],
+        ("Cannot use work directory", "--workdir"),
+    ),
+    "lock directory that is a file": (
+        lambda tmp, _: ((tmp / "f").write_text(""), ["--lockdir", str(tmp / "f"), str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        ("Cannot lock", "--lockdir"),
+    ),
+    "proc 0": (lambda tmp, _: ["--proc", "0", str(write_tasklist(tmp / "t.txt", ["true"]))], ("--proc", "at least 1")),
+    "non-numeric timeout": (lambda tmp, _: ["--timeout", "soon", str(write_tasklist(tmp / "t.txt", ["true"]))], ("--timeout", "'soon'")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_line_and_changes_nothing(case: str, tmp_path: Path, taskfarmer_home: Path) -> None:
+    make_args, needles = CASES[case]
+    args = make_args(tmp_path, taskfarmer_home)
+    before = _snapshot(tmp_path)
+    result = run_farmer(Path(args[-1]), *args[:-1], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    _assert_one_clear_line(result.stderr, *needles)
+    assert _snapshot(tmp_path) == before, "bad input changed files"
+    assert not any(p.name.endswith("_workdir") for p in tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: an unreadable tasklist cannot be made")
+def test_unreadable_tasklist(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
+    tasklist.chmod(0)
+    result = run_farmer(tasklist)
+    assert result.returncode == 2
+    _assert_one_clear_line(result.stderr, "not readable")
+
+
+def test_changed_or_truncated_tasklist_is_refused_and_the_workdir_is_untouched(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "true", "exit 1"])
+    assert run_farmer(tasklist).returncode == 1
+    workdir = tmp_path / "t.txt_workdir"
+    before = _snapshot(workdir)
+    write_tasklist(tasklist, ["true", "echo changed", "exit 1"])
+    changed = run_farmer(tasklist)
+    assert changed.returncode == 2
+    _assert_one_clear_line(changed.stderr, "was changed", "--workdir")
+    write_tasklist(tasklist, ["true"])
+    truncated = run_farmer(tasklist)
+    assert truncated.returncode == 2
+    _assert_one_clear_line(truncated.stderr, "shorter")
+    assert _snapshot(workdir) == before
+
+
+def test_non_utf8_and_megabyte_lines_do_not_stop_the_other_tasks(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_bytes(
+        f"echo a >> {out}\n".encode()
+        + b"echo \xff\xfe latin1 caf\xe9\n"
+        + b"echo " + b"y" * (1 << 20) + b"\n"
+        + f"echo b >> {out}\n".encode()
+    )
+    result = run_farmer(tasklist, "-n", "2")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "line 2 (task 1) will not run: invalid:not-utf8" in result.stderr
+    assert "line 3 (task 2) will not run: invalid:too-long" in result.stderr
+    assert sorted(lines(out)) == ["a", "b"]
+    workdir = tmp_path / "t.txt_workdir"
+    assert sorted(ids(workdir / "finished")) == [0, 3]
+    failed = lines(workdir / "failed")
+    assert [line.split(" ", 2)[:2] for line in failed] == [["1", "invalid:not-utf8"], ["2", "invalid:too-long"]]
+    assert all(len(line) < 1000 for line in failed)
+    assert run_farmer(tasklist).returncode == 1  # a rerun neither reruns nor re-reports them
