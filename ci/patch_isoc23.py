@@ -1,3 +1,4 @@
+# ruff: noqa: INP001  # a script run by ci/apptainer-install.sh, not part of a package
 """Make ELF binaries built against glibc >= 2.38 load on an older glibc by retargeting their C23 imports.
 
 glibc 2.38 added ``__isoc23_strtol`` and friends (C23 number parsing, which also accepts ``0b`` prefixes); compilers
@@ -20,9 +21,10 @@ from __future__ import annotations
 import struct
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from elftools.elf.elffile import ELFFile  # type: ignore[import-untyped]
+from elftools.elf.elffile import ELFFile  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -61,7 +63,7 @@ class Requirement:
 
 
 def elf_hash(name: str) -> int:
-    """:returns: the SysV ELF hash of *name*, as ``vna_hash`` holds it"""
+    """Return the SysV ELF hash of *name*, as ``vna_hash`` holds it."""
     value = 0
     for byte in name.encode():
         value = ((value << 4) + byte) & 0xFFFFFFFF
@@ -128,11 +130,13 @@ def _requirements(elf: Any) -> Iterator[Requirement]:  # noqa: ANN401
 
 def _users(symbols: Symbols, version_index: int) -> set[str]:
     # Bit 15 of a versym entry marks a hidden version: the index is the low 15 bits.
-    return {name for name, version in zip(symbols.names, symbols.versions) if version & 0x7FFF == version_index}
+    return {
+        name for name, version in zip(symbols.names, symbols.versions, strict=True) if version & 0x7FFF == version_index
+    }
 
 
 def _plan(elf: Any, symbols: Symbols, imports: list[Import]) -> list[tuple[int, bytes]]:  # noqa: ANN401
-    """:returns: the (file offset, new bytes) writes that retarget *imports*"""
+    """Return the (file offset, new bytes) writes that retarget *imports*."""
     writes = []
     for item in imports:
         where = symbols.table_offset + item.index * symbols.entry_size
@@ -163,7 +167,7 @@ def patch(path: str) -> list[str]:
     :returns: the names of the imports retargeted (empty when there were none: already patched)
     :raises PatchError: when the file cannot be patched
     """
-    with open(path, "r+b") as stream:
+    with Path(path).open("r+b") as stream:
         elf = ELFFile(stream)
         if elf.elfclass != 64 or not elf.little_endian:
             msg = "only 64-bit little-endian ELF files are supported"
@@ -182,12 +186,15 @@ def _write(stream: IO[bytes], writes: list[tuple[int, bytes]]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Patch every file named in *argv*. :returns: 0, or 1 when one could not be patched"""
+    """Patch every file named in *argv*.
+
+    :returns: 0, or 1 when one could not be patched
+    """
     status = 0
     for path in argv:
         try:
             names = patch(path)
-        except (PatchError, OSError) as exc:
+        except (PatchError, OSError, ValueError) as exc:  # ValueError: a malformed ELF file
             sys.stderr.write(f"patch_isoc23: cannot patch {path}: {exc}\n")
             status = 1
             continue

@@ -239,17 +239,18 @@ class Farmer:
     def _shutdown(self) -> None:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._stop.set()
-        immediate = self.result.stopped is StopReason.IMMEDIATE
-        deadline = time.monotonic() + (0 if immediate else self.options.grace + _STOP_WAIT_EXTRA)
+        deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
             self._drain_events(_TICK)
             self._workers = {slot: w for slot, w in self._workers.items() if w.is_alive()}
+        # A second Ctrl-C may have come while waiting: then no more grace for anything.
+        grace = 0.0 if self.result.stopped is StopReason.IMMEDIATE else self.options.grace
         for worker in self._workers.values():
             with contextlib.suppress(ProcessLookupError):
                 worker.kill()
             worker.join()
         self._workers.clear()
-        process.kill_marked(FARMER_VARIABLE, self.record.name, grace=0 if immediate else self.options.grace)
+        process.kill_marked(FARMER_VARIABLE, self.record.name, grace=grace)
         self._drain_events(0)
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         self.store.unregister(self.record)

@@ -36,14 +36,13 @@ from taskfarmer.runners.base import CommandRunner
 from taskfarmer.runners.shifter import DEFAULT_PROBE_TIMEOUT, require_engine, run_tool, runner_label
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 _LOGGER: Final = logging.getLogger(__name__)
 DEFAULT_PREPARE_TIMEOUT: Final = 3600.0
 UNPACKED_MARKER: Final = ".pytaskfarmer-unpacked"
 ACTIVATE: Final = "activate.sh"
 PIXI_PACK_METADATA: Final = "pixi-pack.json"
-_SELF_EXTRACTING: Final = (".sh", ".run")
 
 
 class PixiRunner(CommandRunner):
@@ -59,7 +58,8 @@ class PixiRunner(CommandRunner):
         (runs with bash), or a plain tar holding ``activate.sh`` and ``env/`` (extracted by Python when
         ``pixi-unpack`` is not on PATH; its ``activate.sh`` must not depend on where it is unpacked)
     :param cache: packed mode: where archives are unpacked, one directory per archive; it should be node-local
-        (default: ``$TMPDIR/pytaskfarmer-pixi-<uid>``)
+        (default: ``$TMPDIR/pytaskfarmer-pixi-<uid>``; where the batch system gives each job its own ``$TMPDIR``,
+        that means once per job: set ``cache = /tmp/...`` to share one copy between the jobs of a node)
     :param prepare_timeout: seconds to wait for the environment to be installed (``pixi shell-hook``) or unpacked,
         also by another process of the node
     :param probe_timeout: seconds ``pixi --version`` or ``pixi-unpack --version`` may take before the tool counts
@@ -112,7 +112,7 @@ class PixiRunner(CommandRunner):
         return runner_label("pixi", self.name)
 
     def shell_hook_command(self) -> list[str]:
-        """:returns: the argv that prints the project environment's variables as JSON (pure)"""
+        """Build the argv that prints the project environment's variables as JSON (pure)."""
         argv = ["pixi", "shell-hook", "--manifest-path", str(self.manifest), "-e", self.environment_name, "--json"]
         if self.frozen:
             argv.append("--frozen")
@@ -121,14 +121,14 @@ class PixiRunner(CommandRunner):
         return argv
 
     def script(self, command: str) -> str:
-        """:returns: the task's script; in packed mode it first sources the environment's ``activate.sh``"""
+        """Build the task's script; in packed mode it first sources the environment's ``activate.sh``."""
         inner = super().script(command)
         if self._activate_script is None:
             return inner
         return f"{shlex.join(['source', str(self._activate_script)])} || exit $?\n{inner}"
 
     def environment(self) -> dict[str, str]:
-        """:returns: the base environment with the project environment's variables, then ``variables``, on top"""
+        """Give the base environment with the project environment's variables, then ``variables``, on top."""
         env = super().environment()
         env.update(self._activation or {})
         env.update(self.variables)  # the user's own settings win over the environment's
@@ -183,7 +183,8 @@ class PixiRunner(CommandRunner):
 
 
 def _hook_variables(output: str, *, what: str) -> dict[str, str]:
-    """:returns: the ``environment_variables`` of ``pixi shell-hook --json``
+    """Read the ``environment_variables`` of ``pixi shell-hook --json``.
+
     :raises ConfigError: when the output is not that JSON
     """
     try:
@@ -199,12 +200,12 @@ def _absolute(path: str) -> Path:
 
 
 def default_cache() -> Path:
-    """:returns: ``$TMPDIR/pytaskfarmer-pixi-<uid>``: node-local on purpose, one per user"""
+    """Give the default cache, ``$TMPDIR/pytaskfarmer-pixi-<uid>``: node-local on purpose, one per user."""
     return Path(tempfile.gettempdir()) / f"pytaskfarmer-pixi-{os.getuid()}"
 
 
 def cache_entry(pack: Path, cache: Path) -> Path:
-    """:returns: the directory an archive is unpacked into: ``CACHE/<archive stem>-<key>``
+    """Name the directory an archive is unpacked into: ``CACHE/<archive stem>-<key>``.
 
     The key is a SHA-256 of the archive's real path, size and modification time, not of its bytes: hashing a
     multi-GB archive on a shared filesystem in every worker of every node would cost more than unpacking it. A
@@ -234,18 +235,31 @@ def unpack_once(runner: PixiRunner, pack: Path) -> Path:
     target = _entry(runner, pack)
     if (target / UNPACKED_MARKER).is_file():
         return target
-    lock = FileLock(f"{target}.lock", timeout=runner.prepare_timeout, fallback_to_soft=False)
-    try:
-        with lock:
-            if not (target / UNPACKED_MARKER).is_file():
+    with _node_lock(runner, pack, Path(f"{target}.lock")):
+        if not (target / UNPACKED_MARKER).is_file():
+            try:
                 _unpack_fresh(runner, pack, target)
+            except OSError as exc:
+                msg = f"The {runner.label} cannot unpack {pack} into {target} ({exc.strerror or exc})."
+                raise WorkDirError(msg + " Set cache to a node-local directory with room for it.") from exc
+    return target
+
+
+@contextlib.contextmanager
+def _node_lock(runner: PixiRunner, pack: Path, path: Path) -> Iterator[None]:
+    lock = FileLock(path, timeout=runner.prepare_timeout, fallback_to_soft=False)
+    try:
+        lock.acquire()
     except Timeout as exc:
         msg = f"The {runner.label} waited {runner.prepare_timeout:g} s for another process to unpack {pack}"
-        raise WorkDirError(msg + f" (lock {lock.lock_file}). Raise prepare_timeout, or remove a stuck lock.") from exc
+        raise WorkDirError(msg + f" (lock {path}). Raise prepare_timeout, or end the process stuck unpacking.") from exc
     except OSError as exc:
-        msg = f"The {runner.label} cannot lock its cache {runner.cache} ({exc.strerror or exc})"
+        msg = f"The {runner.label} cannot lock {path} ({exc.strerror or exc})"
         raise WorkDirError(msg + ": set cache to a node-local directory where file locking works.") from exc
-    return target
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _entry(runner: PixiRunner, pack: Path) -> Path:
@@ -276,13 +290,13 @@ def _unpack_fresh(runner: PixiRunner, pack: Path, target: Path) -> None:
         _LOGGER.warning("removing %s: an unpack of %s did not finish", target, pack)
         shutil.rmtree(target)
     _LOGGER.info("unpacking %s into %s", pack, target)
-    if pack.suffix in _SELF_EXTRACTING:
-        _run_unpacker(runner, ["bash", str(pack), "--output-directory", str(target)], pack)
-    elif (unpacker := shutil.which("pixi-unpack")) is not None:
-        require_engine("pixi-unpack", runner=runner.label, probe=["--version"], timeout=runner.probe_timeout)
-        _run_unpacker(runner, [unpacker, "--output-directory", str(target), str(pack)], pack)
-    else:
+    argv = unpack_command(pack, target, pixi_unpack=shutil.which("pixi-unpack") is not None)
+    if argv is None:
         _extract_plain_tar(runner, pack, target)
+    else:
+        if argv[0] == "pixi-unpack":
+            require_engine("pixi-unpack", runner=runner.label, probe=["--version"], timeout=runner.probe_timeout)
+        _run_unpacker(runner, argv, pack)
     if not (target / ACTIVATE).is_file():
         shutil.rmtree(target, ignore_errors=True)
         msg = f"The {runner.label} unpacked {pack}, but it holds no {ACTIVATE}. Give an archive made by pixi-pack."
@@ -290,22 +304,40 @@ def _unpack_fresh(runner: PixiRunner, pack: Path, target: Path) -> None:
     (target / UNPACKED_MARKER).touch()
 
 
+def unpack_command(pack: Path, target: Path, *, pixi_unpack: bool) -> list[str] | None:
+    """Build the argv that unpacks *pack* into *target* (pure).
+
+    :param pixi_unpack: whether ``pixi-unpack`` is on PATH
+    :returns: the argv, or ``None``: extract it as a plain tar
+    """
+    if pack.suffix == ".sh":  # made by pixi-pack --create-executable: carries its own unpacker
+        return ["bash", str(pack), "-o", str(target)]
+    if pixi_unpack:
+        return ["pixi-unpack", "-o", str(target), str(pack)]
+    return None
+
+
 def _run_unpacker(runner: PixiRunner, argv: list[str], pack: Path) -> None:
+    # A private TMPDIR, removed afterwards: pixi-pack's self-extracting header copies the whole archive into a
+    # `mktemp -d` it never removes, and a killed pixi-unpack leaves its own temporary directory behind.
+    scratch = tempfile.mkdtemp(prefix=".unpack-", dir=runner.cache)
     try:
-        result = run_tool(argv, timeout=runner.prepare_timeout)
+        result = run_tool(argv, timeout=runner.prepare_timeout, env={**os.environ, "TMPDIR": scratch})
     except subprocess.TimeoutExpired as exc:
         msg = f"The {runner.label} could not unpack {pack} within {runner.prepare_timeout:g} s. Raise prepare_timeout."
         raise ConfigError(msg) from exc
     except OSError as exc:
         msg = f"The {runner.label} cannot run {argv[0]} ({exc.strerror or exc}) to unpack {pack}."
         raise EngineNotFoundError(msg) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if result.returncode != 0:
         msg = f"The {runner.label} could not unpack {pack}: '{shlex.join(argv)}' exited with status"
         raise ConfigError(f"{msg} {result.returncode}: {result.tail()}")
 
 
 def _extract_plain_tar(runner: PixiRunner, pack: Path, target: Path) -> None:
-    """Extract a tar that already holds ``activate.sh`` and ``env/``; refuse a pixi-pack archive (it needs installing)."""
+    """Extract a tar that holds ``activate.sh`` and ``env/``; refuse a pixi-pack archive (it needs installing)."""
     try:
         with tarfile.open(pack) as archive:
             names = {name.removeprefix("./") for name in archive.getnames()}
@@ -324,7 +356,3 @@ def _refuse_archive(runner: PixiRunner, pack: Path, *, pixi_pack: bool) -> None:
         raise EngineNotFoundError(msg + " Install it (pixi global install pixi-unpack), or pick another runner.")
     msg = f"The {runner.label} cannot use {pack}: it is neither a pixi-pack archive nor a tar holding {ACTIVATE}."
     raise ConfigError(msg)
-
-
-with contextlib.suppress(ImportError):  # pragma: no cover
-    pass

@@ -43,7 +43,7 @@ class ToolResult:
     stderr: str
 
     def tail(self) -> str:
-        """:returns: the last line of stderr (else stdout), shortened, for one-line messages"""
+        """Give the last line of stderr (else stdout), shortened, for one-line messages."""
         text = (self.stderr.strip() or self.stdout.strip() or "no output").splitlines()[-1]
         return text[-_TAIL:]
 
@@ -92,14 +92,17 @@ def require_engine(executable: str, *, runner: str, probe: Sequence[str], timeou
     problem = _probe(path, tuple(probe), timeout)
     if problem is not None:
         shown = " ".join([executable, *probe])
-        msg = f"The {runner} needs the '{executable}' executable, but {path} does not work ('{shown}' {problem}). {advice}"
-        raise EngineNotFoundError(msg)
+        msg = f"The {runner} needs the '{executable}' executable, but {path} does not work ('{shown}' {problem})."
+        raise EngineNotFoundError(f"{msg} {advice}")
     return path
 
 
 @functools.lru_cache(maxsize=32)
 def _probe(path: str, probe: tuple[str, ...], timeout: float) -> str | None:
-    """:returns: ``None`` when ``path *probe`` exits 0 within *timeout*, else what went wrong"""
+    """Run ``path *probe`` once per process and path.
+
+    :returns: ``None`` when it exits 0 within *timeout*, else what went wrong
+    """
     try:
         result = run_tool([path, *probe], timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -112,7 +115,7 @@ def _probe(path: str, probe: tuple[str, ...], timeout: float) -> str | None:
 
 
 def runner_label(kind: str, name: str) -> str:
-    """:returns: how messages name a runner: ``shifter runner [mcc]``, or ``shifter runner`` without a name"""
+    """Name a runner for messages: ``shifter runner [mcc]``, or ``shifter runner`` without a name."""
     return f"{kind} runner [{name}]" if name else f"{kind} runner"
 
 
@@ -164,8 +167,11 @@ class ShifterRunner(CommandRunner):
         self._workdir: str | None = None
 
     def command(self, script: str) -> list[str]:
-        """:returns: ``["shifter", "--image=...", (-V VOL)..., [--module=...], [--workdir=...], [--entrypoint],
-        "--", shell, "-c", script]`` (pure: no I/O)
+        """Build ``shifter --image=... [-V VOL]... [--module=...] [--workdir=...] [--entrypoint] -- SHELL -c SCRIPT``.
+
+        Pure: no I/O. The ``--workdir`` is the running task's temporary directory, when ``tempdir`` is on.
+
+        :returns: the argv
         """
         argv = ["shifter", f"--image={self.image}"]
         for volume in self.volumes:
@@ -196,7 +202,8 @@ class ShifterRunner(CommandRunner):
 
 
 def image_reference(image: str) -> str:
-    """:returns: the image with a Shifter image type: ``ubuntu:22.04`` -> ``docker:ubuntu:22.04``
+    """Give an image a Shifter image type: ``ubuntu:22.04`` -> ``docker:ubuntu:22.04``.
+
     :raises ValueError: for an empty image
     """
     image = image.strip()
@@ -208,7 +215,9 @@ def image_reference(image: str) -> str:
 
 
 def check_volume(volume: str) -> str:
-    """:returns: *volume* when it is ``/host:/container[:flags]`` with an allowed container path
+    """Check that *volume* is ``/host:/container[:flags]`` with a container path Shifter accepts.
+
+    :returns: *volume*
     :raises ValueError: otherwise, saying what is wrong
     """
     host, _, rest = volume.partition(":")
@@ -223,7 +232,8 @@ def check_volume(volume: str) -> str:
 
 
 def module_list(modules: Sequence[str]) -> list[str]:
-    """:returns: the module names of ``modules = a b`` or ``modules = a,b``
+    """Split ``modules = a b`` or ``modules = a,b`` into module names.
+
     :raises ValueError: when ``none`` comes with other modules
     """
     names = [name for item in modules for name in item.split(",") if name]

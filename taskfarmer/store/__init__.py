@@ -68,6 +68,7 @@ LOCK_TIMEOUT: Final = 600.0
 _LOCK_POLL: Final = 0.0005
 _EMPTY_TIMELINE: Final = b"[\n]\n"
 _TIMELINE_NAME_CHARS: Final = 80
+_COUNT_BLOCK: Final = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class WorkDir:
             with stack_path.open("wb") as stack, tempfile.TemporaryFile(dir=self.path) as scratch:
                 result = ingest(source, start=state, digest=digest, stack=stack, scratch=scratch)
                 with self.toprocess.open("rb") as old:
-                    while block := old.read(1 << 20):
+                    while block := old.read(_COUNT_BLOCK):
                         stack.write(block)
         actions: list[Action] = [Replace(stack_path.name, self.toprocess.name)]
         if result.invalid:
@@ -498,6 +499,6 @@ def heartbeat_interval(lease: float) -> float:
 def _count_lines(path: Path) -> int:
     count = 0
     with contextlib.suppress(FileNotFoundError), path.open("rb") as source:
-        while block := source.read(1 << 20):
+        while block := source.read(_COUNT_BLOCK):
             count += block.count(b"\n")
     return count

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 # bash -c gets the task as one argv string; Linux refuses any single argument of 128 KiB or more (MAX_ARG_STRLEN).
 MAX_TASK_BYTES: Final = 128 * 1024 - 4096
-_CHUNK: Final = 1 << 20
+# Small on purpose: a chunk of short lines becomes ~40 Python objects per line while it is processed, and the
+# farmer's memory must not depend on the tasklist's length (a 1 MiB chunk of `true` lines costs ~20 MiB).
+_CHUNK: Final = 64 * 1024
 _PREVIEW: Final = 200
 
 

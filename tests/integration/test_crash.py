@@ -1,0 +1,137 @@
+"""Promise 1 and 2 under kill -9: no task lost, no task run twice unless its farmer died while running it."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from taskfarmer.store import WorkDir
+from tests.helpers import LONG, cleanup, ids, lines, processes_with_env, run_farmer, start_farmer, wait_for, write_tasklist
+
+TASKS = 300
+WORKERS = 4
+KILLS = 6
+
+
+def _tasklist(tmp_path: Path) -> Path:
+    starts, done = tmp_path / "starts", tmp_path / "done"
+    return write_tasklist(
+        tmp_path / "tasks.txt",
+        [f"echo $PROC_NUMBER >> {starts}; sleep 0.0$((RANDOM % 5)); echo $PROC_NUMBER >> {done}"] * TASKS,
+    )
+
+
+def _slot_tasks(workdir: Path) -> set[int]:
+    held = set()
+    for path in (workdir / "running").glob("*"):
+        record = WorkDir.read_slot(path)
+        if record is not None:
+            held.add(record.task)
+    return held
+
+
+def _assert_each_task_in_exactly_one_state(workdir: Path) -> None:
+    store = WorkDir(workdir)
+    with store.locked():  # completes a change a killed farmer left half done, as the next farmer would
+        pass
+    states = [ids(workdir / "toprocess"), ids(workdir / "finished"), ids(workdir / "failed"), sorted(_slot_tasks(workdir))]
+    everything = [task for state in states for task in state]
+    duplicates = [task for task, n in collections.Counter(everything).items() if n > 1]
+    assert duplicates == [], f"tasks in two states at once: {duplicates}"
+    assert sorted(everything) == list(range(TASKS)), "tasks lost"
+
+
+def _kill_whole_tree(farmer: psutil.Popen | object, marker: str) -> None:
+    os.killpg(farmer.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    for proc in processes_with_env("TF_TEST_MARK", marker):  # tasks run in sessions of their own
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def _kill_main_only(farmer: object, marker: str, workdir: Path, seen: set[int]) -> None:
+    os.kill(farmer.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    # Workers notice their farmer is gone, end their tasks and return them; watch what they still hold meanwhile.
+    def gone() -> bool:
+        seen.update(_slot_tasks(workdir))
+        return not processes_with_env("TF_TEST_MARK", marker)
+
+    wait_for(gone, what="the workers and tasks of a killed farmer to end")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["whole tree", "main process only"])
+def test_random_kill_9_then_restart_loses_nothing(tmp_path: Path, mode: str) -> None:
+    tasklist = _tasklist(tmp_path)
+    workdir = tmp_path / "tasks.txt_workdir"
+    rng = random.Random(os.environ.get("PYTEST_SEED", "7"))
+    in_flight: set[int] = set()
+    for _ in range(KILLS):
+        marker = uuid.uuid4().hex
+        farmer = start_farmer(tasklist, "-n", str(WORKERS), "-q", env={"TF_TEST_MARK": marker})
+        with cleanup(farmer):
+            time.sleep(rng.uniform(0.3, 2.0))  # the kill lands anywhere: startup, claims, tasks, finishes
+            in_flight |= _slot_tasks(workdir) if workdir.exists() else set()
+            if mode == "whole tree":
+                _kill_whole_tree(farmer, marker)
+            else:
+                _kill_main_only(farmer, marker, workdir, in_flight)
+            farmer.wait(timeout=LONG)
+        if (workdir / "toprocess").exists():
+            in_flight |= _slot_tasks(workdir)
+            _assert_each_task_in_exactly_one_state(workdir)
+    final = run_farmer(tasklist, "-n", str(WORKERS), timeout=240)
+    assert final.returncode == 0, final.stderr
+    assert sorted(ids(workdir / "finished")) == list(range(TASKS))
+    done = collections.Counter(int(x) for x in lines(tmp_path / "done"))
+    assert set(done) == set(range(TASKS)), "some task never completed"
+    ran_twice = {task for task, n in done.items() if n > 1}
+    assert ran_twice <= in_flight, f"tasks ran twice without being in flight at a kill: {ran_twice - in_flight}"
+    assert sum(n - 1 for n in done.values()) <= KILLS * WORKERS
+
+
+@pytest.mark.timeout(180)
+def test_four_farmers_share_one_list_without_duplicates(tmp_path: Path) -> None:
+    count = 3000
+    done = tmp_path / "done"
+    tasklist = write_tasklist(tmp_path / "tasks.txt", [f"echo $PROC_NUMBER >> {done}"] * count)
+    farmers = [start_farmer(tasklist, "-n", "2", "-q") for _ in range(4)]
+    with cleanup(*farmers):
+        statuses = [farmer.wait(timeout=170) for farmer in farmers]
+    assert statuses == [0, 0, 0, 0]
+    counts = collections.Counter(int(x) for x in lines(done))
+    assert sorted(counts) == list(range(count))
+    assert max(counts.values()) == 1, "a task ran twice"
+    finished = ids(tmp_path / "tasks.txt_workdir" / "finished")
+    assert sorted(finished) == list(range(count))
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 0.3; echo $PROC_NUMBER >> {done}"] * 20)
+    farmer = start_farmer(tasklist, "-n", "2")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        wait_for(lambda: len(_slot_tasks(workdir)) == 2 if workdir.exists() else False, what="both workers busy")
+        workers = [p for p in psutil.Process(farmer.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        victim = workers[0]
+        victim_task = next(
+            r.task for p in (workdir / "running").glob("*") if (r := WorkDir.read_slot(p)) and r.holder.pid == victim.pid
+        )
+        victim.kill()
+        _, stderr = farmer.communicate(timeout=90)
+    assert farmer.returncode == 0, stderr
+    assert "worker" in stderr
+    assert "died" in stderr
+    assert sorted(ids(workdir / "finished")) == list(range(20))
+    assert victim_task in {int(x) for x in lines(done)}

@@ -1,0 +1,122 @@
+"""Promise 3: on SIGUSR1, SIGTERM, SIGINT or --timeout the farmer stops claiming, kills every running task's whole
+process tree, returns those tasks to the queue and exits with status 3. No orphan survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from taskfarmer.store import WorkDir
+from tests.helpers import LONG, cleanup, ids, lines, processes_with_env, start_farmer, wait_for, write_tasklist
+
+if TYPE_CHECKING:
+    import subprocess
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+# Each task leaves a tree behind it: a background sleep, a sleep in a session of its own, and one in the foreground.
+TREE_TASK = "sleep 300 & setsid sleep 300 & echo started >> {log}; sleep 300"
+
+
+def _running(workdir: Path) -> int:
+    if not (workdir / "running").exists():
+        return 0
+    return sum(1 for p in (workdir / "running").iterdir() if WorkDir.read_slot(p) is not None)
+
+
+def _start_busy_farm(tmp_path: Path, *args: str, tasks: int = 5, workers: int = 3) -> tuple[subprocess.Popen[str], str, Path]:
+    marker = uuid.uuid4().hex
+    tasklist = write_tasklist(tmp_path / "t.txt", [TREE_TASK.format(log=tmp_path / "started")] * tasks)
+    farmer = start_farmer(tasklist, "-n", str(workers), "--grace", "2", *args, env={"TF_TEST_MARK": marker})
+    workdir = tmp_path / "t.txt_workdir"
+    wait_for(lambda: len(lines(tmp_path / "started")) == workers and _running(workdir) == workers, what="all workers busy")
+    return farmer, marker, workdir
+
+
+def _assert_stopped_cleanly(farmer: subprocess.Popen[str], marker: str, workdir: Path, *, tasks: int = 5, status: int = 3) -> None:
+    _, stderr = farmer.communicate(timeout=LONG)
+    assert farmer.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert processes_with_env("TF_TEST_MARK", marker) == [], "a process of the farm survived it"
+    assert sorted(ids(workdir / "toprocess")) == list(range(tasks)), "running tasks were not returned"
+    assert lines(workdir / "finished") == []
+    assert lines(workdir / "failed") == []
+    assert _running(workdir) == 0
+    assert list((workdir / "farmers").iterdir()) == []
+    assert "went back to the queue" in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_a_signal_to_the_farmer_stops_it_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
+    farmer, marker, workdir = _start_busy_farm(tmp_path)
+    with cleanup(farmer):
+        os.kill(farmer.pid, signum)
+        _assert_stopped_cleanly(farmer, marker, workdir)
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_whole_process_group(tmp_path: Path) -> None:
+    farmer, marker, workdir = _start_busy_farm(tmp_path)
+    with cleanup(farmer):
+        os.killpg(farmer.pid, signal.SIGINT)  # what the terminal does: farmer and workers (tasks have own sessions)
+        _assert_stopped_cleanly(farmer, marker, workdir)
+
+
+def test_global_timeout_stops_cleanly(tmp_path: Path) -> None:
+    started = time.monotonic()
+    farmer, marker, workdir = _start_busy_farm(tmp_path, "--timeout", "3")
+    with cleanup(farmer):
+        _assert_stopped_cleanly(farmer, marker, workdir)
+    assert time.monotonic() - started < 3 + 2 + 20
+
+
+def test_tasks_get_sigterm_first_then_sigkill_after_the_grace(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    marker = uuid.uuid4().hex
+    tasklist = write_tasklist(
+        tmp_path / "t.txt",
+        [f"trap 'echo got TERM >> {log}; exit 1' TERM; echo ready >> {log}; sleep 300 & wait",
+         f"trap '' TERM; echo stubborn >> {log}; sleep 300 & wait"],
+    )
+    farmer = start_farmer(tasklist, "-n", "2", "--grace", "1", env={"TF_TEST_MARK": marker})
+    with cleanup(farmer):
+        wait_for(lambda: len(lines(log)) == 2, what="both tasks ready")
+        os.kill(farmer.pid, signal.SIGTERM)
+        farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3
+    assert "got TERM" in lines(log)
+    assert processes_with_env("TF_TEST_MARK", marker) == []
+    assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1]
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    log = tmp_path / "log"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"trap '' TERM; echo up >> {log}; sleep 300 & wait"] * 2)
+    farmer = start_farmer(tasklist, "-n", "2", "--grace", "60", env={"TF_TEST_MARK": marker})
+    with cleanup(farmer):
+        wait_for(lambda: len(lines(log)) == 2, what="tasks that ignore SIGTERM")
+        os.kill(farmer.pid, signal.SIGINT)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        os.kill(farmer.pid, signal.SIGINT)
+        farmer.communicate(timeout=LONG)
+        assert time.monotonic() - sent < 10, "the second Ctrl-C waited for the grace period"
+    assert farmer.returncode == 130
+    assert processes_with_env("TF_TEST_MARK", marker) == []
+    assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1]
+
+
+def test_workers_do_not_outlive_their_farmer(tmp_path: Path) -> None:
+    farmer, marker, workdir = _start_busy_farm(tmp_path)
+    with cleanup(farmer):
+        os.kill(farmer.pid, signal.SIGKILL)
+        farmer.wait(timeout=LONG)
+        wait_for(lambda: processes_with_env("TF_TEST_MARK", marker) == [], what="workers and tasks to end")
+    assert _running(workdir) == 0, "the workers did not return their tasks"
+    assert sorted(ids(workdir / "toprocess")) == list(range(5))
