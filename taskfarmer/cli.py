@@ -67,17 +67,23 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a farm run, as PyTaskFarmer has them (plus new long options)."""
     parser.add_argument("tasklist", type=Path, help="file with one shell command per line")
     parser.add_argument("--proc", "-n", type=_positive_int, default=8, help="number of worker processes (default: 8)")
-    parser.add_argument("--timeout", type=_positive_seconds, help="stop after this many seconds and return running tasks")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, help="stop after this many seconds and return running tasks"
+    )
     parser.add_argument("--workdir", "-w", type=Path, help="work directory (default: TASKLIST_workdir)")
     parser.add_argument("--verbose", "-v", action="count", default=0, help="more output: -v each task, -vv debug")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display, only errors and the summary")
-    parser.add_argument("--runner", "-r", default="default", help="runner defined in runners.d/*.ini (default: default)")
+    parser.add_argument(
+        "--runner", "-r", default="default", help="runner defined in runners.d/*.ini (default: default)"
+    )
     parser.add_argument(
         "--tasklist", "-t", dest="handler", default="default", help="tasklist handler defined in tasklists.d/*.ini"
     )
     parser.add_argument("--lockdir", type=Path, help="directory for the lock file (default: $SCRATCH, else WORKDIR)")
     parser.add_argument(
-        "--lease", type=_positive_seconds, default=600.0,
+        "--lease",
+        type=_positive_seconds,
+        default=600.0,
         help="seconds without heartbeat after which a farmer on another host is presumed dead (default: 600)",
     )
     parser.add_argument(

@@ -111,7 +111,9 @@ def _read_file(catalog: Catalog, path: Path) -> None:
         if class_name is None:
             continue  # another kind of definition (a tasklist handler in a runner file, or vice versa)
         if section in catalog.definitions and catalog.definitions[section].source != BUILTIN:
-            _LOGGER.info("%s [%s] of %s overrides %s", catalog.kind.noun, section, path, catalog.definitions[section].source)
+            _LOGGER.info(
+                "%s [%s] of %s overrides %s", catalog.kind.noun, section, path, catalog.definitions[section].source
+            )
         catalog.definitions[section] = Definition(section, catalog.kind, class_name.strip(), options, str(path))
 
 
@@ -156,13 +158,14 @@ def build(definition: Definition, *, base: type, extra: dict[str, Any] | None = 
     """
     cls = resolve_class(definition)
     if not issubclass(cls, base):
-        msg = f"Cannot load {definition.kind.noun} {definition.where()}: {cls.__module__}.{cls.__qualname__} is not a {base.__module__}.{base.__qualname__}."
+        expected = f"{base.__module__}.{base.__qualname__}"
+        found = f"{cls.__module__}.{cls.__qualname__}"
+        msg = f"Cannot load {definition.kind.noun} {definition.where()}: {found} is not a {expected}."
         raise ConfigError(msg)
     parameters = _parameters(cls)
     kwargs = {key: _convert(definition, key, value, parameters) for key, value in definition.options.items()}
-    for key, value in (extra or {}).items():
-        if key in parameters or _takes_any_keyword(cls):
-            kwargs[key] = value
+    takes_any = _takes_any_keyword(cls)
+    kwargs.update({key: value for key, value in (extra or {}).items() if key in parameters or takes_any})
     _check_required(definition, cls, parameters, kwargs)
     try:
         return cls(**kwargs)
@@ -172,16 +175,15 @@ def build(definition: Definition, *, base: type, extra: dict[str, Any] | None = 
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
-    signature = inspect.signature(cls.__init__)
     return {
         name: parameter
-        for name, parameter in signature.parameters.items()
-        if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
     }
 
 
 def _takes_any_keyword(cls: type) -> bool:
-    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls).parameters.values())
 
 
 def _convert(definition: Definition, key: str, value: str, parameters: dict[str, inspect.Parameter]) -> object:
@@ -190,7 +192,9 @@ def _convert(definition: Definition, key: str, value: str, parameters: dict[str,
         if _takes_any_keyword(resolve_class(definition)):
             return value
         valid = ", ".join(sorted(parameters)) or "none"
-        msg = f"{definition.kind.noun.capitalize()} {definition.where()}: unknown option '{key}'. Valid options: {valid}."
+        msg = (
+            f"{definition.kind.noun.capitalize()} {definition.where()}: unknown option '{key}'. Valid options: {valid}."
+        )
         raise ConfigError(msg)
     annotation = str(parameter.annotation)
     try:
@@ -226,10 +230,13 @@ def _number(kind: type[float], value: str, message: str) -> float:
         raise ValueError(message) from None
 
 
-def _check_required(definition: Definition, cls: type, parameters: dict[str, inspect.Parameter], kwargs: dict[str, Any]) -> None:
+def _check_required(
+    definition: Definition, cls: type, parameters: dict[str, inspect.Parameter], kwargs: dict[str, Any]
+) -> None:
     for name, parameter in parameters.items():
         if parameter.default is parameter.empty and name not in kwargs:
-            msg = f"{definition.kind.noun.capitalize()} {definition.where()}: missing option '{name}' (required by {cls.__qualname__})."
+            what = f"{definition.kind.noun.capitalize()} {definition.where()}"
+            msg = f"{what}: missing option '{name}' (required by {cls.__qualname__})."
             raise ConfigError(msg)
 
 
@@ -258,7 +265,13 @@ def _kinds() -> tuple[Kind, Kind]:
 
     return (
         Kind("runner", "Runner", "taskfarmer.runners", runners.SHIPPED, {"default": runners.SHIPPED["BasicRunner"]}),
-        Kind("tasklist handler", "TaskList", "taskfarmer.tasklists", tasklist.SHIPPED, {"default": tasklist.SHIPPED["TaskList"]}),
+        Kind(
+            "tasklist handler",
+            "TaskList",
+            "taskfarmer.tasklists",
+            tasklist.SHIPPED,
+            {"default": tasklist.SHIPPED["TaskList"]},
+        ),
     )
 
 
@@ -288,7 +301,9 @@ def build_runner(definition: Definition) -> tuple[Any, dict[str, str]]:
         except ValueError as exc:
             msg = f"Runner {definition.where()}: option 'variables': {exc}."
             raise ConfigError(msg) from exc
-    runner = build(Definition(definition.name, definition.kind, definition.class_name, options, definition.source), base=Runner)
+    runner = build(
+        Definition(definition.name, definition.kind, definition.class_name, options, definition.source), base=Runner
+    )
     return runner, variables
 
 

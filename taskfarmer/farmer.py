@@ -11,8 +11,8 @@ import contextlib
 import enum
 import logging
 import multiprocessing
-import os
 import multiprocessing.connection
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -70,7 +70,6 @@ class FarmerResult:
     ran: int = 0
     failed: int = 0
     returned: list[int] = field(default_factory=list)
-
 
 
 class Farmer:

@@ -22,7 +22,10 @@ _INVALID_SHOWN: Final = 5
 
 
 def run_tasklist(args: argparse.Namespace) -> int:
-    """Run the tasklist of *args* (see ``cli.add_run_arguments``). :returns: the exit status"""
+    """Run the tasklist of *args* (see ``cli.add_run_arguments``).
+
+    :returns: the exit status
+    """
     runner = config.runner_catalog().get(args.runner)
     runner_object, _ = config.build_runner(runner)  # a wrong definition fails here, before the workdir is touched
     _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)

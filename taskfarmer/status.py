@@ -27,8 +27,10 @@ def print_status(store: WorkDir, out: TextIO) -> None:
                 f"  running  task {slot.task} on {slot.holder.host} worker {slot.worker}"
                 f" for {now - slot.started:.0f} s: {slot.command[:80]}\n"
             )
-    for name, (record, age) in sorted(store.read_farmers().items()):
-        out.write(f"  farmer   {name}: {record.workers} workers, last heartbeat {age:.0f} s ago\n")
+    farmers = sorted(store.read_farmers().items())
+    out.writelines(
+        f"  farmer   {name}: {rec.workers} workers, last heartbeat {age:.0f} s ago\n" for name, (rec, age) in farmers
+    )
 
 
 def _print_failed(store: WorkDir, out: TextIO) -> None:
@@ -37,5 +39,5 @@ def _print_failed(store: WorkDir, out: TextIO) -> None:
             if number >= _FAILED_SHOWN:
                 out.write(f"  ... see {store.failed}\n")
                 return
-            taskid, status, command = (line.rstrip("\n").split(" ", 2) + ["", ""])[:3]
+            taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
             out.write(f"  failed   task {taskid} ({status}): {command[:60]}  log: {store.logs}/log_{taskid}*\n")

@@ -13,9 +13,9 @@ Placeholders, each replaced shell-quoted: ``{}`` the line, ``{.}`` without its e
 
 from __future__ import annotations
 
-import os.path
 import re
 import shlex
+from pathlib import PurePosixPath
 from typing import Final
 
 _PLACEHOLDER: Final = re.compile(r"\{(|\.|/|//|/\.|#)\}")
@@ -52,13 +52,14 @@ class TemplateTaskList(TaskList):
 
 
 def _part(placeholder: str, line: str, taskid: int) -> str:
-    base = os.path.basename(line)
+    path = PurePosixPath(line)
+    without_suffix = line[: -len(path.suffix)] if path.suffix else line
     parts = {
         "": line,
-        ".": os.path.splitext(line)[0],
-        "/": base,
-        "//": os.path.dirname(line) or ".",
-        "/.": os.path.splitext(base)[0],
+        ".": without_suffix,
+        "/": path.name,
+        "//": str(path.parent),
+        "/.": path.stem,
         "#": str(taskid),
     }
     return parts[placeholder]

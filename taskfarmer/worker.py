@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from taskfarmer import config, process
 from taskfarmer.store import Holder, Outcome, SlotRecord, Task, WorkDir
@@ -115,7 +115,12 @@ class Worker:
                 if self.store.release(self.slot):
                     self._send("returned", self.slot.task, "")
                 return EXIT_STOPPED
-            _LOGGER.info("task %d %s after %.2f s", self.slot.task, outcome.status if not outcome.succeeded else "finished", outcome.ended - outcome.started)
+            _LOGGER.info(
+                "task %d %s after %.2f s",
+                self.slot.task,
+                outcome.status if not outcome.succeeded else "finished",
+                outcome.ended - outcome.started,
+            )
             task = self.store.finish_and_claim(self.slot, outcome, claim_next=not self.stopping(), tasklist=tasklist)
             self._send("end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
         return EXIT_STOPPED if self.stopping() else EXIT_DONE
@@ -125,7 +130,10 @@ class Worker:
             self._events.send((kind, self.spec.worker, taskid, detail))
 
     def _execute(self, task: Task) -> Outcome | None:
-        """Run one task. :returns: its outcome, or ``None`` when it was killed because of a stop"""
+        """Run one task.
+
+        :returns: its outcome, or ``None`` when it was killed because of a stop
+        """
         attempt, log_path, logfh = self._open_log(task.taskid)
         self._prepare_environment(task, attempt, log_path)
         self._send("start", task.taskid, task.command)

@@ -27,21 +27,33 @@ def farmer_argv(tasklist: Path, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "bin" / "pytaskfarmer.py"), *args, str(tasklist)]
 
 
-def run_farmer(tasklist: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_farmer(
+    tasklist: Path, *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``pytaskfarmer.py`` to its end. :returns: the completed process (text stdout/stderr)"""
     return subprocess.run(
-        farmer_argv(tasklist, *args), capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, cwd=cwd, check=False,
+        farmer_argv(tasklist, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
     )
 
 
-def start_farmer(tasklist: Path, *args: str, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_farmer(
+    tasklist: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
     """Start ``pytaskfarmer.py`` in the background (its own process group). Reap it with :func:`cleanup`."""
     return subprocess.Popen(
-        farmer_argv(tasklist, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+        farmer_argv(tasklist, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
     )
 
 

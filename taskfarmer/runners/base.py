@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
 import psutil
@@ -23,7 +24,6 @@ from taskfarmer import process
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 _LOGGER: Final = logging.getLogger(__name__)
 TASK_KEY_VARIABLE: Final = "TASKFARMER_TASK_KEY"
@@ -185,4 +185,4 @@ def _parse_tempdir(value: str) -> str | None:
         return None
     if lowered in {"true", "yes", "on", "1"}:
         return ""
-    return os.path.expanduser(os.path.expandvars(value.strip()))
+    return str(Path(os.path.expandvars(value.strip())).expanduser())

@@ -13,12 +13,14 @@ from taskfarmer.runners.base import CommandRunner
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_./,:+@%^-]+(?: +[A-Za-z0-9_./,:+@%^=-]+)*")
 # Words bash runs itself rather than exec'ing a program (builtins and keywords): these always go through bash.
 # Not true and false: /bin/true and /bin/false do exactly what the builtins do.
-_BASH_WORDS: Final = frozenset(
-    """alias bg bind break builtin caller case cd command compgen complete compopt continue declare dirs disown do
-    done echo elif else enable esac eval exec exit export fc fg fi for function getopts hash help history if in
-    jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return select set shift shopt
-    source suspend test then time times trap type typeset ulimit umask unalias unset until wait while""".split()
+_BASH_WORDS_TEXT: Final = (
+    "alias bg bind break builtin caller case cd command compgen complete compopt continue declare dirs disown do"
+    " done echo elif else enable esac eval exec exit export fc fg fi for function getopts hash help history if in"
+    " jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return select set shift"
+    " shopt"
+    " source suspend test then time times trap type typeset ulimit umask unalias unset until wait while"
 )
+_BASH_WORDS: Final = frozenset(_BASH_WORDS_TEXT.split())
 
 
 class BasicRunner(CommandRunner):
@@ -39,5 +41,5 @@ class BasicRunner(CommandRunner):
 def _is_plain(line: str) -> bool:
     if _PLAIN.fullmatch(line.strip()) is None:
         return False
-    program = line.split()[0]
+    program = line.split(maxsplit=1)[0]
     return program not in _BASH_WORDS and f"BASH_FUNC_{program}%%" not in os.environ

@@ -239,9 +239,7 @@ class WorkDir:
         """Announce a farmer (its file's mtime is then its heartbeat) and add it to the timeline."""
         meta = {"name": "process_name", "ph": "M", "pid": farmer.holder.pid, "args": {"name": farmer.name}}
         with self.locked():
-            self._journal.commit(
-                [WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()), self._timeline_append(meta)]
-            )
+            self._journal.commit([WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()), self._timeline_append(meta)])
 
     def heartbeat(self, farmer: FarmerRecord) -> None:
         """Tell other hosts this farmer is alive."""
@@ -323,7 +321,9 @@ class WorkDir:
             holder=slot.holder,
             started=time.time(),
         )
-        self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, record.to_json()), Truncate("toprocess", offset)])
+        self._journal.commit(
+            [*actions, WriteAt(self._slot_name(slot), 0, record.to_json()), Truncate("toprocess", offset)]
+        )
         return task
 
     def _sync_in_claim(self, tasklist: Path, pending: list[Action]) -> None:
@@ -372,7 +372,10 @@ class WorkDir:
         if current is None or current.task != slot.task or current.holder != slot.holder:
             return False
         self._journal.commit(
-            [WriteAt("toprocess", _files.size(self.toprocess), current.stack_entry()), WriteAt(self._slot_name(slot), 0, b"")]
+            [
+                WriteAt("toprocess", _files.size(self.toprocess), current.stack_entry()),
+                WriteAt(self._slot_name(slot), 0, b""),
+            ]
         )
         return True
 

@@ -10,6 +10,7 @@ the dead farmer had finished.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -57,10 +58,8 @@ class Replace:
 
     def apply(self, root: Path) -> None:
         """Perform the action below *root*."""
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already replaced before the crash
             (root / self.source).replace(root / self.target)
-        except FileNotFoundError:
-            pass  # already replaced before the crash
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,12 @@ Action = WriteAt | Truncate | Replace | Unlink
 
 def _encode(action: Action) -> dict[str, object]:
     if isinstance(action, WriteAt):
-        return {"op": "write", "path": action.path, "offset": action.offset, "data": base64.b64encode(action.data).decode()}
+        return {
+            "op": "write",
+            "path": action.path,
+            "offset": action.offset,
+            "data": base64.b64encode(action.data).decode(),
+        }
     if isinstance(action, Truncate):
         return {"op": "truncate", "path": action.path, "length": action.length}
     if isinstance(action, Replace):
@@ -137,4 +141,3 @@ class Journal:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             action.apply(self._root)
-

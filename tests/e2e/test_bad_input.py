@@ -35,62 +35,74 @@ def _assert_one_clear_line(stderr: str, *needles: str) -> None:
         assert needle in error_lines[0], error_lines[0]
 
 
-def _ini(home: Path, text: str) -> None:
-    (home / "runners.d" / "bad.ini").write_text(text)
+def _tasks(tmp: Path) -> str:
+    return str(write_tasklist(tmp / "t.txt", ["true"]))
+
+
+def _with_runner_ini(text: str, *args: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, home: Path) -> list[str]:
+        (home / "runners.d" / "bad.ini").write_text(text)
+        return [*args, _tasks(tmp)]
+
+    return make
+
+
+def _with_file(name: str, text: str, *args: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, _home: Path) -> list[str]:
+        (tmp / name).write_text(text)
+        return [*(arg.replace("{tmp}", str(tmp)) for arg in args), _tasks(tmp)]
+
+    return make
+
+
+def _just(*args: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, _home: Path) -> list[str]:
+        return [*args, _tasks(tmp)]
+
+    return make
+
+
+def _tasklist_path(make_path: Callable[[Path], Path]) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, _home: [str(make_path(tmp))]
 
 
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], tuple[str, ...]]] = {
-    "missing tasklist": (lambda tmp, _: [str(tmp / "nope.txt")], ("nope.txt", "does not exist")),
-    "directory as tasklist": (lambda tmp, _: [str(tmp)], ("is a directory",)),
-    "empty tasklist": (lambda tmp, _: [str(write_tasklist(tmp / "e.txt", []))], ("has no tasks",)),
-    "only comments": (lambda tmp, _: [str(write_tasklist(tmp / "c.txt", ["# x", "", "  "]))], ("has no tasks",)),
+    "missing tasklist": (_tasklist_path(lambda tmp: tmp / "nope.txt"), ("nope.txt", "does not exist")),
+    "directory as tasklist": (_tasklist_path(lambda tmp: tmp), ("is a directory",)),
+    "empty tasklist": (_tasklist_path(lambda tmp: write_tasklist(tmp / "e.txt", [])), ("has no tasks",)),
+    "only comments": (_tasklist_path(lambda tmp: write_tasklist(tmp / "c.txt", ["# x", "", "  "])), ("has no tasks",)),
     "unknown runner": (
-        lambda tmp, home: (_ini(home, "[gpu]\nRunner = BasicRunner\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        _with_runner_ini("[gpu]\nRunner = BasicRunner\n", "-r", "mcc"),
         ("Unknown runner 'mcc'", "Defined: default, gpu"),
     ),
     "malformed ini": (
-        lambda tmp, home: (_ini(home, "[mcc\nRunner = BasicRunner\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        _with_runner_ini("[mcc\nRunner = BasicRunner\n", "-r", "mcc"),
         ("Unknown runner 'mcc'", "bad.ini"),
     ),
     "runner class that does not import": (
-        lambda tmp, home: (
-            _ini(home, "[mcc]\nRunner = taskfarmer.runners.DokcerRunner\n"),
-            ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))],
-        )[1],
+        _with_runner_ini("[mcc]\nRunner = taskfarmer.runners.DokcerRunner\n", "-r", "mcc"),
         ("[mcc]", "bad.ini", "DokcerRunner", "not found"),
     ),
     "unknown runner option": (
-        lambda tmp, home: (_ini(home, "[mcc]\nRunner = BasicRunner\nimage = x\n"), ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
+        _with_runner_ini("[mcc]\nRunner = BasicRunner\nimage = x\n", "-r", "mcc"),
         ("[mcc]", "bad.ini", "unknown option 'image'", "Valid options:"),
     ),
     "class that is no runner": (
-        lambda tmp, home: (
-            _ini(home, "[mcc]\nRunner = taskfarmer.tasklist.TemplateTaskList\n"),
-            ["-r", "mcc", str(write_tasklist(tmp / "t.txt", ["true"]))],
-        )[1],
+        _with_runner_ini("[mcc]\nRunner = taskfarmer.tasklist.TemplateTaskList\n", "-r", "mcc"),
         ("[mcc]", "not a taskfarmer.runners.base.Runner"),
     ),
     "missing template option": (
-        lambda tmp, _: (
-            (tmp / "h.ini").write_text("[files]\nTaskList = TemplateTaskList\n"),
-            ["-t", "files", str(write_tasklist(tmp / "t.txt", ["true"]))],
-        )[1],
+        _with_file("h.ini", "[files]\nTaskList = TemplateTaskList\n", "-t", "files"),
         ("[files]", "h.ini", "missing option 'command'"),
     ),
-    "unknown tasklist handler": (lambda tmp, _: ["-t", "nope", str(write_tasklist(tmp / "t.txt", ["true"]))], ("Unknown tasklist handler 'nope'",)),
+    "unknown tasklist handler": (_just("-t", "nope"), ("Unknown tasklist handler 'nope'",)),
     "workdir cannot be created": (
-        lambda tmp, _: (
-            (tmp / "file").write_text("x"),
-            ["-w", str(tmp / "file" / "wd"), str(write_tasklist(tmp / "t.txt", ["true"]))],
-        )[1],
+        _with_file("file", "x", "-w", "{tmp}/file/wd"),
         ("Cannot use work directory", "--workdir"),
     ),
-    "lock directory that is a file": (
-        lambda tmp, _: ((tmp / "f").write_text(""), ["--lockdir", str(tmp / "f"), str(write_tasklist(tmp / "t.txt", ["true"]))])[1],
-        ("Cannot lock", "--lockdir"),
-    ),
-    "proc 0": (lambda tmp, _: ["--proc", "0", str(write_tasklist(tmp / "t.txt", ["true"]))], ("--proc", "at least 1")),
-    "non-numeric timeout": (lambda tmp, _: ["--timeout", "soon", str(write_tasklist(tmp / "t.txt", ["true"]))], ("--timeout", "'soon'")),
+    "lock directory that is a file": (_with_file("f", "", "--lockdir", "{tmp}/f"), ("Cannot lock", "--lockdir")),
+    "proc 0": (_just("--proc", "0"), ("--proc", "at least 1")),
+    "non-numeric timeout": (_just("--timeout", "soon"), ("--timeout", "'soon'")),
 }
 
 
@@ -137,7 +149,9 @@ def test_non_utf8_and_megabyte_lines_do_not_stop_the_other_tasks(tmp_path: Path)
     tasklist.write_bytes(
         f"echo a >> {out}\n".encode()
         + b"echo \xff\xfe latin1 caf\xe9\n"
-        + b"echo " + b"y" * (1 << 20) + b"\n"
+        + b"echo "
+        + b"y" * (1 << 20)
+        + b"\n"
         + f"echo b >> {out}\n".encode()
     )
     result = run_farmer(tasklist, "-n", "2")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from typing import TYPE_CHECKING
@@ -126,7 +127,12 @@ def test_environment_of_a_task(tmp_path: Path) -> None:
     out = tmp_path / "env"
     tasklist = write_tasklist(
         tmp_path / "t.txt",
-        [f"echo $PROC_NUMBER $TASKFARMER_TASK_ID $TASKFARMER_ATTEMPT $TASKFARMER_WORKER $TASKFARMER_WORKDIR $TASKFARMER_LOG > {out}"],
+        [
+            (
+                "echo $PROC_NUMBER $TASKFARMER_TASK_ID $TASKFARMER_ATTEMPT $TASKFARMER_WORKER"
+                f" $TASKFARMER_WORKDIR $TASKFARMER_LOG > {out}"
+            )
+        ],
     )
     assert run_farmer(tasklist, "-n", "1").returncode == 0
     workdir = (tmp_path / "t.txt_workdir").resolve()
@@ -181,7 +187,8 @@ def test_pytaskfarmer_style_runner_works_unchanged(tmp_path: Path, taskfarmer_ho
                 def run(self, taskid, command, logfh):
                     my_env = os.environ
                     my_env['PROC_NUMBER'] = str(taskid)
-                    self.execute = subprocess.Popen(['bash', '-c', self.prefix + command], stdout=logfh, stderr=logfh, env=my_env)
+                    argv = ['bash', '-c', self.prefix + command]
+                    self.execute = subprocess.Popen(argv, stdout=logfh, stderr=logfh, env=my_env)
                     self.execute.communicate()
                     return self.execute.returncode
 
@@ -191,7 +198,9 @@ def test_pytaskfarmer_style_runner_works_unchanged(tmp_path: Path, taskfarmer_ho
             """
         )
     )
-    (taskfarmer_home / "runners.d" / "old.ini").write_text("[old]\nRunner = oldrunners.EchoRunner\nprefix = echo legacy;\n")
+    (taskfarmer_home / "runners.d" / "old.ini").write_text(
+        "[old]\nRunner = oldrunners.EchoRunner\nprefix = echo legacy;\n"
+    )
     tasklist = write_tasklist(tmp_path / "t.txt", ["echo $PROC_NUMBER", "exit 2"])
     result = run_farmer(tasklist, "-r", "old", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 1, result.stderr
@@ -233,9 +242,7 @@ def test_status_and_runners_commands(tmp_path: Path, taskfarmer_home: Path, caps
     assert main(["status", str(tmp_path)]) == 2
 
 
-def test_python_dash_m_entry_point(tmp_path: Path) -> None:
-    import subprocess
-
+def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "taskfarmer", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "run" in result.stdout

@@ -9,13 +9,27 @@ import random
 import signal
 import time
 import uuid
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from taskfarmer.store import WorkDir
-from tests.helpers import LONG, cleanup, ids, lines, processes_with_env, run_farmer, start_farmer, wait_for, write_tasklist
+from tests.helpers import (
+    LONG,
+    cleanup,
+    ids,
+    lines,
+    processes_with_env,
+    run_farmer,
+    start_farmer,
+    wait_for,
+    write_tasklist,
+)
+
+if TYPE_CHECKING:
+    import subprocess
+    from pathlib import Path
 
 TASKS = 300
 WORKERS = 4
@@ -43,22 +57,28 @@ def _assert_each_task_in_exactly_one_state(workdir: Path) -> None:
     store = WorkDir(workdir)
     with store.locked():  # completes a change a killed farmer left half done, as the next farmer would
         pass
-    states = [ids(workdir / "toprocess"), ids(workdir / "finished"), ids(workdir / "failed"), sorted(_slot_tasks(workdir))]
+    states = [
+        ids(workdir / "toprocess"),
+        ids(workdir / "finished"),
+        ids(workdir / "failed"),
+        sorted(_slot_tasks(workdir)),
+    ]
     everything = [task for state in states for task in state]
     duplicates = [task for task, n in collections.Counter(everything).items() if n > 1]
     assert duplicates == [], f"tasks in two states at once: {duplicates}"
     assert sorted(everything) == list(range(TASKS)), "tasks lost"
 
 
-def _kill_whole_tree(farmer: psutil.Popen | object, marker: str) -> None:
-    os.killpg(farmer.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+def _kill_whole_tree(farmer: subprocess.Popen[str], marker: str) -> None:
+    os.killpg(farmer.pid, signal.SIGKILL)
     for proc in processes_with_env("TF_TEST_MARK", marker):  # tasks run in sessions of their own
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
 
 
-def _kill_main_only(farmer: object, marker: str, workdir: Path, seen: set[int]) -> None:
-    os.kill(farmer.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+def _kill_main_only(farmer: subprocess.Popen[str], marker: str, workdir: Path, seen: set[int]) -> None:
+    os.kill(farmer.pid, signal.SIGKILL)
+
     # Workers notice their farmer is gone, end their tasks and return them; watch what they still hold meanwhile.
     def gone() -> bool:
         seen.update(_slot_tasks(workdir))
@@ -72,7 +92,7 @@ def _kill_main_only(farmer: object, marker: str, workdir: Path, seen: set[int]) 
 def test_random_kill_9_then_restart_loses_nothing(tmp_path: Path, mode: str) -> None:
     tasklist = _tasklist(tmp_path)
     workdir = tmp_path / "tasks.txt_workdir"
-    rng = random.Random(os.environ.get("PYTEST_SEED", "7"))
+    rng = random.Random(os.environ.get("PYTEST_SEED", "7"))  # noqa: S311  # timing jitter, not cryptography
     in_flight: set[int] = set()
     for _ in range(KILLS):
         marker = uuid.uuid4().hex
@@ -126,7 +146,9 @@ def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None
         assert len(workers) == 2
         victim = workers[0]
         victim_task = next(
-            r.task for p in (workdir / "running").glob("*") if (r := WorkDir.read_slot(p)) and r.holder.pid == victim.pid
+            r.task
+            for p in (workdir / "running").glob("*")
+            if (r := WorkDir.read_slot(p)) and r.holder.pid == victim.pid
         )
         victim.kill()
         _, stderr = farmer.communicate(timeout=90)

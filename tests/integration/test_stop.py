@@ -30,16 +30,22 @@ def _running(workdir: Path) -> int:
     return sum(1 for p in (workdir / "running").iterdir() if WorkDir.read_slot(p) is not None)
 
 
-def _start_busy_farm(tmp_path: Path, *args: str, tasks: int = 5, workers: int = 3) -> tuple[subprocess.Popen[str], str, Path]:
+def _start_busy_farm(
+    tmp_path: Path, *args: str, tasks: int = 5, workers: int = 3
+) -> tuple[subprocess.Popen[str], str, Path]:
     marker = uuid.uuid4().hex
     tasklist = write_tasklist(tmp_path / "t.txt", [TREE_TASK.format(log=tmp_path / "started")] * tasks)
     farmer = start_farmer(tasklist, "-n", str(workers), "--grace", "2", *args, env={"TF_TEST_MARK": marker})
     workdir = tmp_path / "t.txt_workdir"
-    wait_for(lambda: len(lines(tmp_path / "started")) == workers and _running(workdir) == workers, what="all workers busy")
+    wait_for(
+        lambda: len(lines(tmp_path / "started")) == workers and _running(workdir) == workers, what="all workers busy"
+    )
     return farmer, marker, workdir
 
 
-def _assert_stopped_cleanly(farmer: subprocess.Popen[str], marker: str, workdir: Path, *, tasks: int = 5, status: int = 3) -> None:
+def _assert_stopped_cleanly(
+    farmer: subprocess.Popen[str], marker: str, workdir: Path, *, tasks: int = 5, status: int = 3
+) -> None:
     _, stderr = farmer.communicate(timeout=LONG)
     assert farmer.returncode == status, stderr
     assert "Traceback" not in stderr
@@ -80,8 +86,10 @@ def test_tasks_get_sigterm_first_then_sigkill_after_the_grace(tmp_path: Path) ->
     marker = uuid.uuid4().hex
     tasklist = write_tasklist(
         tmp_path / "t.txt",
-        [f"trap 'echo got TERM >> {log}; exit 1' TERM; echo ready >> {log}; sleep 300 & wait",
-         f"trap '' TERM; echo stubborn >> {log}; sleep 300 & wait"],
+        [
+            f"trap 'echo got TERM >> {log}; exit 1' TERM; echo ready >> {log}; sleep 300 & wait",
+            f"trap '' TERM; echo stubborn >> {log}; sleep 300 & wait",
+        ],
     )
     farmer = start_farmer(tasklist, "-n", "2", "--grace", "1", env={"TF_TEST_MARK": marker})
     with cleanup(farmer):

@@ -44,13 +44,22 @@ def test_a_broken_file_does_not_stop_another_runner(taskfarmer_home: Path) -> No
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("[x]\nRunner = taskfarmer.runners.DokcerRunner\n", r"\[x\] in .*bad\.ini: class 'taskfarmer\.runners\.DokcerRunner' not found\. Shipped: .*BasicRunner"),
+        (
+            "[x]\nRunner = taskfarmer.runners.DokcerRunner\n",
+            r"\[x\] in .*bad\.ini: class 'taskfarmer\.runners\.DokcerRunner' not found\. Shipped: .*BasicRunner",
+        ),
         ("[x]\nRunner = no_such_module.Runner\n", r"\[x\] in .*bad\.ini: module 'no_such_module' cannot be imported"),
         ("[x]\nRunner = NotAClass\n", r"'NotAClass' is not module\.Class"),
-        ("[x]\nRunner = BasicRunner\nsetpu = source a.sh\n", r"\[x\] in .*bad\.ini: unknown option 'setpu'\. Valid options: .*setup"),
+        (
+            "[x]\nRunner = BasicRunner\nsetpu = source a.sh\n",
+            r"\[x\] in .*bad\.ini: unknown option 'setpu'\. Valid options: .*setup",
+        ),
         ("[x]\nRunner = BasicRunner\ngrace = soon\n", r"option 'grace' = 'soon': not a number"),
         ("[x]\nRunner = collections.OrderedDict\n", r"is not a taskfarmer\.runners\.base\.Runner"),
-        ("[x]\nRunner = BasicRunner\nvariables = missing.env\n", r"option 'variables' = 'missing\.env': no \.env file .*runners\.d/missing\.env"),
+        (
+            "[x]\nRunner = BasicRunner\nvariables = missing.env\n",
+            r"option 'variables' = 'missing\.env': no \.env file .*runners\.d/missing\.env",
+        ),
     ],
 )
 def test_bad_definitions_name_file_section_and_key(taskfarmer_home: Path, text: str, pattern: str) -> None:
@@ -59,7 +68,9 @@ def test_bad_definitions_name_file_section_and_key(taskfarmer_home: Path, text: 
         config.build_runner(config.runner_catalog().get("x"))
 
 
-def test_missing_required_option_and_constructor_errors(taskfarmer_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_required_option_and_constructor_errors(
+    taskfarmer_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = tmp_path / "myrunners.py"
     module.write_text(
         textwrap.dedent(
@@ -76,7 +87,11 @@ def test_missing_required_option_and_constructor_errors(taskfarmer_home: Path, t
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    _ini(taskfarmer_home, "r.ini", "[a]\nRunner = myrunners.NeedsImage\n[b]\nRunner = myrunners.NeedsImage\nimage = bad\n")
+    _ini(
+        taskfarmer_home,
+        "r.ini",
+        "[a]\nRunner = myrunners.NeedsImage\n[b]\nRunner = myrunners.NeedsImage\nimage = bad\n",
+    )
     with pytest.raises(ConfigError, match=r"\[a\] in .*r\.ini: missing option 'image' \(required by NeedsImage\)"):
         config.build_runner(config.runner_catalog().get("a"))
     with pytest.raises(ConfigError, match=r"Cannot build runner \[b\] .*image must not be bad"):
@@ -112,7 +127,9 @@ def test_variables_from_a_dotenv_file_relative_to_the_ini(taskfarmer_home: Path)
     assert runner.variables == {"HEP_SITE": "nersc", "N": "3"}
 
 
-def test_pytaskfarmer_style_runner_gets_variables_through_the_worker(taskfarmer_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pytaskfarmer_style_runner_gets_variables_through_the_worker(
+    taskfarmer_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "legacyrunners.py").write_text(
         "from taskfarmer.runners import Runner\n"
         "class Legacy(Runner):\n"
@@ -123,7 +140,11 @@ def test_pytaskfarmer_style_runner_gets_variables_through_the_worker(taskfarmer_
         "        return 0\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    _ini(taskfarmer_home, "r.ini", "[old]\nRunner = legacyrunners.Legacy\nimage = centos7\nmodules = cvmfs gpu\nvariables = X=1\n")
+    _ini(
+        taskfarmer_home,
+        "r.ini",
+        "[old]\nRunner = legacyrunners.Legacy\nimage = centos7\nmodules = cvmfs gpu\nvariables = X=1\n",
+    )
     runner, variables = config.build_runner(config.runner_catalog().get("old"))
     assert (runner.image, runner.modules) == ("centos7", ["cvmfs", "gpu"])
     assert variables == {"X": "1"}
@@ -140,6 +161,8 @@ def test_later_files_override_earlier_definitions(taskfarmer_home: Path) -> None
 
 def test_tasklist_handlers_are_read_from_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "handlers.ini").write_text("[marlin]\nTaskList = TemplateTaskList\ncommand = Marlin steer.xml --in={}\n")
+    (tmp_path / "handlers.ini").write_text(
+        "[marlin]\nTaskList = TemplateTaskList\ncommand = Marlin steer.xml --in={}\n"
+    )
     handler = config.build_tasklist(config.tasklist_catalog().get("marlin"))
     assert handler.command("/data/file one.slcio", taskid=3) == "Marlin steer.xml --in='/data/file one.slcio'"

@@ -90,7 +90,9 @@ def test_appended_lines_go_under_the_queued_ones(tmp_path: Path) -> None:
         (lambda text: "A" + text[1:], "was changed"),
     ],
 )
-def test_a_changed_or_truncated_tasklist_is_refused_and_nothing_changes(tmp_path: Path, edit: object, message: str) -> None:
+def test_a_changed_or_truncated_tasklist_is_refused_and_nothing_changes(
+    tmp_path: Path, edit: object, message: str
+) -> None:
     store, tasklist = _store(tmp_path, "a\nb\n")
     before = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
     tasklist.write_text(edit("a\nb\n"))  # type: ignore[operator]

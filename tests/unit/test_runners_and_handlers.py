@@ -80,7 +80,9 @@ def test_terminate_kills_the_whole_tree(tmp_path: Path) -> None:
     runner = BasicRunner(grace=1.0)
     result: list[int] = []
     thread = threading.Thread(
-        target=lambda: result.append(_run(runner, f"sleep 60 & setsid sleep 60 & echo $! >> {pidfile}; wait", tmp_path / "log"))
+        target=lambda: result.append(
+            _run(runner, f"sleep 60 & setsid sleep 60 & echo $! >> {pidfile}; wait", tmp_path / "log")
+        )
     )
     thread.start()
     deadline = time.monotonic() + 10

@@ -78,7 +78,7 @@ def test_finish_records_status_and_timeline_stays_valid_json(tmp_path: Path) -> 
     tasks = [e for e in events if e["ph"] == "X"]
     assert [e["args"]["status"] for e in tasks] == ["ok", "exit:3", "signal:SIGKILL", "ok"]
     assert tasks[0]["dur"] == 1_500_000
-    assert [e for e in events if e["ph"] == "M"][0]["args"]["name"] == slot.farmer
+    assert next(e for e in events if e["ph"] == "M")["args"]["name"] == slot.farmer
     counts = store.counts()
     assert (counts.toprocess, counts.running, counts.finished, counts.failed) == (1, 0, 2, 2)
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from taskfarmer.store import _files
-from taskfarmer.store._journal import Journal, Replace, Truncate, Unlink, WriteAt
+from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt, _encode
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,9 +52,7 @@ def test_journal_commit_applies_every_action(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"0 x\n1 y\n")
     (tmp_path / "tmp").write_bytes(b"new")
     (tmp_path / "gone").write_bytes(b"")
-    Journal(tmp_path).commit(
-        [Truncate("a", 4), WriteAt("b", 0, b"hello"), Replace("tmp", "c"), Unlink("gone")]
-    )
+    Journal(tmp_path).commit([Truncate("a", 4), WriteAt("b", 0, b"hello"), Replace("tmp", "c"), Unlink("gone")])
     assert (tmp_path / "a").read_bytes() == b"0 x\n"
     assert (tmp_path / "b").read_bytes() == b"hello"
     assert (tmp_path / "c").read_bytes() == b"new"
@@ -67,7 +65,7 @@ def test_journal_recover_completes_a_change_interrupted_after_any_action(tmp_pat
     """A farmer killed after `applied` of the actions: the next lock holder finishes the change exactly."""
     (tmp_path / "toprocess").write_bytes(b"1 b\n0 a\n")
     (tmp_path / "finished").write_bytes(b"")
-    actions = [
+    actions: list[Action] = [
         WriteAt("finished", 0, b"7 done\n"),
         WriteAt("running.0", 0, b'{"task": 0}'),
         Truncate("toprocess", 4),
@@ -90,7 +88,5 @@ def test_journal_discards_a_torn_record(tmp_path: Path) -> None:
     assert (tmp_path / ".journal").read_bytes() == b""
 
 
-def _encoded(action: WriteAt | Truncate) -> dict[str, object]:
-    from taskfarmer.store._journal import _encode
-
+def _encoded(action: Action) -> dict[str, object]:
     return _encode(action)
