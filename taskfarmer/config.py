@@ -164,8 +164,8 @@ def build(definition: Definition, *, base: type, extra: dict[str, Any] | None = 
         raise ConfigError(msg)
     parameters = _parameters(cls)
     kwargs = {key: _convert(definition, key, value, parameters) for key, value in definition.options.items()}
-    takes_any = _takes_any_keyword(cls)
-    kwargs.update({key: value for key, value in (extra or {}).items() if key in parameters or takes_any})
+    # Only to a constructor that names the parameter: a **kwargs one would take it for an INI option.
+    kwargs.update({key: value for key, value in (extra or {}).items() if key in parameters})
     _check_required(definition, cls, parameters, kwargs)
     try:
         return cls(**kwargs)
@@ -302,7 +302,9 @@ def build_runner(definition: Definition) -> tuple[Any, dict[str, str]]:
             msg = f"Runner {definition.where()}: option 'variables': {exc}."
             raise ConfigError(msg) from exc
     runner = build(
-        Definition(definition.name, definition.kind, definition.class_name, options, definition.source), base=Runner
+        Definition(definition.name, definition.kind, definition.class_name, options, definition.source),
+        base=Runner,
+        extra={"name": definition.name},
     )
     return runner, variables
 

@@ -6,6 +6,7 @@ module is imported only when a definition uses it, so a basic run never loads th
 
 from __future__ import annotations
 
+import importlib
 from typing import Final
 
 from taskfarmer.runners.base import CommandRunner, Runner
@@ -21,3 +22,16 @@ SHIPPED: Final[dict[str, str]] = {
 }
 
 __all__ = ["SHIPPED", "BasicRunner", "CommandRunner", "Runner"]
+
+
+def __getattr__(name: str) -> type:
+    """Import a shipped runner on first use, so that ``taskfarmer.runners.ShifterRunner`` (PyTaskFarmer's spelling
+    in INI files) works without importing every engine's module up front.
+    """
+    target = SHIPPED.get(name)
+    if target is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    module_name, _, class_name = target.rpartition(".")
+    cls: type = getattr(importlib.import_module(module_name), class_name)
+    return cls

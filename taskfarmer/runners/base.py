@@ -79,6 +79,7 @@ class CommandRunner(Runner):
         a directory to create it in, or ``false`` (run in the farmer's directory)
     :param grace: seconds between SIGTERM and SIGKILL when a task is stopped
     :param shell: the shell that interprets the task line
+    :param name: the runner's name (its INI section), for messages; the farmer gives it
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class CommandRunner(Runner):
         tempdir: str = "false",
         grace: float = process.DEFAULT_GRACE,
         shell: str = "bash",
+        name: str = "",
     ) -> None:
         super().__init__()
+        self.name = name
         self.setup = setup.strip()
         self.variables = dict(variables or {})
         self.tempdir = _parse_tempdir(tempdir)

@@ -123,8 +123,9 @@ class ShifterRunner(CommandRunner):
     """Runs each task in a Shifter container: ``shifter --image=docker:IMG [options] -- /bin/bash -c SCRIPT``.
 
     Shifter passes the caller's whole environment into the container (the image's ``ENV`` wins), so
-    ``PROC_NUMBER``, ``TASKFARMER_*`` and ``variables`` reach the task. Shifter refuses to run as root: run the
-    farmer as yourself (on a NERSC node you always do).
+    ``PROC_NUMBER``, ``TASKFARMER_*`` and ``variables`` reach the task; the host's ``BASH_ENV`` does not (see
+    :meth:`environment`). Shifter refuses to run as root: run the farmer as yourself (on a NERSC node you always
+    do); the tests' stand-in does not refuse.
 
     :param image: the image; without a Shifter image type (``docker:``, ``custom:``, ``id:``, ``local:``)
         ``docker:`` is put in front, so ``ubuntu:22.04`` becomes ``--image=docker:ubuntu:22.04``
@@ -183,6 +184,17 @@ class ShifterRunner(CommandRunner):
         if self.entrypoint:
             argv.append("--entrypoint")
         return [*argv, "--", self.shell, "-c", script]
+
+    def environment(self) -> dict[str, str]:
+        """Give the base environment without the host's ``BASH_ENV`` (unless ``variables`` sets it).
+
+        Module systems point ``BASH_ENV`` at their start-up file; a non-interactive bash in the image would source
+        that host file (missing there, or setting up the host's modules). PyTaskFarmer cleared it too.
+        """
+        env = super().environment()
+        if "BASH_ENV" not in self.variables:
+            env.pop("BASH_ENV", None)
+        return env
 
     def _make_tempdir(self, taskid: int) -> str | None:
         # The base creates the task's directory, starts shifter in it and removes it afterwards; Shifter is also

@@ -40,8 +40,11 @@ def _task_runs(log: Path) -> list[list[str]]:
 
 
 def test_tasks_run_in_the_image_with_setup_and_proc_number(
-    tmp_path: Path, taskfarmer_home: Path, engine_log: Path
+    tmp_path: Path, taskfarmer_home: Path, engine_log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    host_bash_env = tmp_path / "host-modules.sh"
+    host_bash_env.write_text("export FROM_BASH_ENV=yes\n")
+    monkeypatch.setenv("BASH_ENV", str(host_bash_env))  # a host module system's start-up file
     _define(
         taskfarmer_home,
         f"""
@@ -53,11 +56,13 @@ def test_tasks_run_in_the_image_with_setup_and_proc_number(
     )
     out = tmp_path / "out"
     out.mkdir()
-    commands = [f'echo "$GREETING $PROC_NUMBER $FAKE_SHIFTER_IMAGE $PWD" > {out}/$PROC_NUMBER' for _ in range(4)]
+    commands = [
+        f'echo "$GREETING $PROC_NUMBER $FAKE_SHIFTER_IMAGE $PWD ${{FROM_BASH_ENV:-no}}" > {out}/$PROC_NUMBER'
+    ] * 4
     result = run_farmer(write_tasklist(tmp_path / "tasks.txt", commands), "-r", "mcc", "-n", "2")
     assert result.returncode == 0, result.stderr
     for taskid in range(4):
-        assert (out / str(taskid)).read_text().split() == ["hello", str(taskid), f"docker:{MCC}", str(tmp_path)]
+        assert (out / str(taskid)).read_text().split() == ["hello", str(taskid), f"docker:{MCC}", str(tmp_path), "no"]
     assert calls(engine_log, "shifter")[0] == ["shifter", "--help"]  # the preflight probe, before any task
     runs = _task_runs(engine_log)
     assert len(runs) == 4
@@ -159,7 +164,6 @@ def test_a_task_that_fails_in_the_container_is_recorded(
     assert len(_task_runs(engine_log)) == 2
 
 
-NAME_REASON = "core change pending: config.build_runner must pass extra={'name': definition.name} to runners"
 ADVICE = "Load the module that provides it, or pick another runner with --runner."
 
 
@@ -195,7 +199,6 @@ def test_missing_shifter_is_one_clear_error_and_nothing_runs(
     assert not (tmp_path / "tasks.txt_workdir").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=NAME_REASON)
 def test_the_error_names_the_runner(tmp_path: Path, taskfarmer_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_shifter_on_path(tmp_path, monkeypatch)
     _define(taskfarmer_home, f"[mcc]\nRunner = ShifterRunner\nimage = {MCC}\n")
@@ -268,22 +271,8 @@ def _example_sections(name: str) -> list[tuple[str, str]]:
     return [(section, parser[section]["Runner"]) for section in parser.sections()]
 
 
-@pytest.mark.parametrize(
-    ("section", "runner_class"),
-    [
-        pytest.param(
-            section,
-            runner_class,
-            marks=pytest.mark.xfail(
-                runner_class.startswith("taskfarmer.runners.") and runner_class.count(".") == 2,
-                strict=True,
-                reason="core change pending: taskfarmer.runners must resolve its shipped names lazily (PEP 562)",
-            ),
-        )
-        for section, runner_class in _example_sections("shifter.ini")
-    ],
-)
-def test_the_example_definitions_load(taskfarmer_home: Path, section: str, runner_class: str) -> None:
+@pytest.mark.parametrize("section", [section for section, _ in _example_sections("shifter.ini")])
+def test_the_example_definitions_load(taskfarmer_home: Path, section: str) -> None:
     shutil.copy(REPO / "runners.d.example" / "shifter.ini", taskfarmer_home / "runners.d")
     runner, _ = config.build_runner(config.runner_catalog().get(section))
     assert isinstance(runner, ShifterRunner)
