@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from taskfarmer import config
-from taskfarmer.errors import TaskFarmerError, TaskListError
+from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.store import WorkDir, default_lock_path
 from taskfarmer.store._ingest import open_tasklist
 
@@ -63,6 +63,40 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        msg = f"must not be negative, not {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _memory_size(text: str) -> int:
+    """``4G``, ``512M``, ``1.5GiB``, ``2000000`` (bytes) -> bytes."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in _UNITS else (cleaned, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 4G or 512M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return int(value)
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
+    if not gpus:
+        raise argparse.ArgumentTypeError("give GPU ids such as 0,1,2,3, or auto")
+    return gpus
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a farm run, as PyTaskFarmer has them (plus new long options)."""
     parser.add_argument("tasklist", type=Path, help="file with one shell command per line")
@@ -89,6 +123,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping a task (default: 5)"
     )
+    parser.add_argument(
+        "--logs",
+        choices=("files", "stream"),
+        default="files",
+        help="files: one log file per task attempt (default); stream: one file per worker, for huge lists",
+    )
+    policy = parser.add_argument_group("per-task policies")
+    policy.add_argument(
+        "--task-timeout", type=_positive_seconds, help="kill a task after this many seconds: failed (timeout)"
+    )
+    policy.add_argument(
+        "--task-memory", type=_memory_size, help="kill a task using more memory (4G, 512M): failed (memory)"
+    )
+    policy.add_argument("--retries", type=_count, default=0, help="run a failed task again up to N times (default: 0)")
+    policy.add_argument("--max-failures", type=_positive_int, help="stop the farmer after this many failed tasks")
+    policy.add_argument(
+        "--gpus", type=_gpu_list, help="GPU ids shared round robin by the workers (0,1,2,3), or auto (detect)"
+    )
 
 
 def _run_parser(prog: str) -> _Parser:
@@ -108,12 +160,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="taskfarmer", description="Crash-safe task farmer for HPC and batch clusters.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_run_arguments(commands.add_parser("run", help="run a tasklist (same as pytaskfarmer.py)"))
-    status = commands.add_parser("status", help="show the state of a work directory")
+    status = commands.add_parser("status", help="show the state of a work directory (also while farmers run)")
     status.add_argument("workdir", type=Path)
-    status.add_argument("--lockdir", type=Path)
+    status.add_argument("--json", action="store_true", help="as JSON, for scripts")
     commands.add_parser("runners", help="list the runners defined and where")
+    requeue = commands.add_parser("requeue", help="put failed tasks (or tasks of dead farmers) back in the queue")
+    requeue.add_argument("workdir", type=Path)
+    requeue.add_argument("--status", action="append", default=[], help="only failed tasks with this status (exit:*)")
+    requeue.add_argument("--id", dest="ids", type=int, action="append", default=[], help="only this task (repeatable)")
+    requeue.add_argument("--dead", action="store_true", help="the tasks of farmers known to be dead")
+    requeue.add_argument("--farmer", action="append", default=[], help="the tasks of this farmer, alive or not")
+    requeue.add_argument("--lockdir", type=Path)
+    drain = commands.add_parser("drain", help="make the farmers of a work directory finish their tasks and exit")
+    drain.add_argument("workdir", type=Path)
+    drain.add_argument("--cancel", action="store_true", help="stop draining: farmers claim tasks again")
+    log = commands.add_parser("log", help="print the log of a task")
+    log.add_argument("workdir", type=Path)
+    log.add_argument("task", type=int)
+    log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
     args = parser.parse_args(argv)
-    handlers = {"run": _run, "status": _status, "runners": _runners}
+    handlers = {
+        "run": _run,
+        "status": _status,
+        "runners": _runners,
+        "requeue": _requeue,
+        "drain": _drain,
+        "log": _log,
+    }
     return _guarded(handlers[args.command], args)
 
 
@@ -140,14 +213,40 @@ def _run(args: argparse.Namespace) -> int:
     return run_tasklist(args)
 
 
+def _existing_workdir(args: argparse.Namespace) -> WorkDir:
+    if not (args.workdir / "toprocess").is_file():
+        msg = f"{args.workdir} is not a pytaskfarmer work directory (it has no toprocess file)."
+        raise WorkDirError(msg)
+    return WorkDir(args.workdir, lock_path=default_lock_path(args.workdir, getattr(args, "lockdir", None)))
+
+
 def _status(args: argparse.Namespace) -> int:
     from taskfarmer.status import print_status  # noqa: PLC0415  # imported for this command only
 
-    if not (args.workdir / "toprocess").is_file():
-        msg = f"{args.workdir} is not a pytaskfarmer work directory (it has no toprocess file)."
-        raise TaskListError(msg)
-    store = WorkDir(args.workdir, lock_path=default_lock_path(args.workdir, args.lockdir))
-    print_status(store, sys.stdout)
+    print_status(_existing_workdir(args), sys.stdout, as_json=args.json)
+    return EXIT_OK
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    from taskfarmer import maintenance  # noqa: PLC0415  # imported for this command only
+
+    store = _existing_workdir(args)
+    done = maintenance.requeue(store, statuses=args.status, ids=args.ids, dead=args.dead, farmers=args.farmer)
+    sys.stdout.write(done + "\n")
+    return EXIT_OK
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from taskfarmer import maintenance  # noqa: PLC0415  # imported for this command only
+
+    sys.stdout.write(maintenance.drain(_existing_workdir(args), cancel=args.cancel) + "\n")
+    return EXIT_OK
+
+
+def _log(args: argparse.Namespace) -> int:
+    from taskfarmer.logs import print_log  # noqa: PLC0415  # imported for this command only
+
+    print_log(_existing_workdir(args), args.task, attempt=args.attempt, out=sys.stdout.buffer)
     return EXIT_OK
 
 

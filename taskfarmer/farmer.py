@@ -1,8 +1,9 @@
 """The farmer's main process: N worker processes on one work directory, kept alive until the list is done.
 
 It never runs a task itself. It starts the workers, replaces one that dies (its task goes back to the queue),
-heartbeats for other hosts, gives back the tasks of dead farmers, and on a stop (signal or ``--timeout``) makes
-every worker end its task and return it. It draws nothing: progress goes to a callback (see ``display``).
+heartbeats for other hosts, gives back the tasks of dead farmers, and on a stop (signal, ``--timeout``,
+``--max-failures``) makes every worker end its task and return it. A drain (the file ``WORKDIR/drain`` or
+SIGUSR2) lets running tasks finish and claims nothing more. It draws nothing: progress goes to a callback.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer import process
+from taskfarmer.logs import FILES
 from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
-from taskfarmer.worker import EXIT_DONE, FARMER_VARIABLE, SLOT_VARIABLE, WorkerSpec, worker_main
+from taskfarmer.worker import EXIT_DONE, FARMER_VARIABLE, SLOT_VARIABLE, TaskPolicy, WorkerSpec, worker_main
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,6 +48,7 @@ class StopReason(enum.Enum):
     TIMEOUT = "timeout"
     IMMEDIATE = "second interrupt"
     WORKERS_FAILING = "workers keep dying"
+    FAIL_FAST = "too many failed tasks (--max-failures)"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class FarmerOptions:
     lease: float = 600.0
     grace: float = process.DEFAULT_GRACE
     log_level: int = logging.WARNING
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
+    max_failures: int | None = None
+    gpus: tuple[str, ...] = ()
+    log_mode: str = FILES
 
 
 @dataclass
@@ -67,8 +74,10 @@ class FarmerResult:
     """What one farmer did."""
 
     stopped: StopReason | None = None
+    drained: bool = False
     ran: int = 0
     failed: int = 0
+    retried: int = 0
     returned: list[int] = field(default_factory=list)
 
 
@@ -85,6 +94,7 @@ class Farmer:
         self._listener = listener
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
+        self._drain = self._context.Event()
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -99,11 +109,14 @@ class Farmer:
 
         The previous handlers come back when :meth:`run` returns.
         """
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # No I/O here: the main loop notices within one tick.
+        if signum == signal.SIGUSR2:
+            self._drain.set()
+            return
         self._signals += 1 if signum == signal.SIGINT else 0
         if self.result.stopped is None or (signum == signal.SIGINT and self._signals > 1):
             self.result.stopped = StopReason.IMMEDIATE if self._signals > 1 else StopReason.SIGNAL
@@ -113,6 +126,8 @@ class Farmer:
     def run(self) -> FarmerResult:
         """Farm until the list is done or a stop; the workdir must exist and hold the tasklist already."""
         process.become_subreaper()
+        if self.store.drain_requested():
+            self._drain.set()  # a farmer started during a drain claims nothing
         self.store.register(self.record)
         try:
             self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
@@ -132,6 +147,9 @@ class Farmer:
             self._drain_events(_TICK)
             if deadline is not None and time.monotonic() >= deadline:
                 self.result.stopped = StopReason.TIMEOUT
+            if not self._drain.is_set() and self.store.drain_requested():
+                _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
+                self._drain.set()
             self._reap_workers()
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
@@ -141,6 +159,9 @@ class Farmer:
 
     def _more_work(self) -> bool:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
+        if self._drain.is_set():
+            self.result.drained = True
+            return False
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self.store.toprocess.stat().st_size > 0:
             for slot in range(self.options.processes):
@@ -184,6 +205,11 @@ class Farmer:
         if event[0] == "end":
             self.result.ran += 1
             self.result.failed += event[3] != "ok"
+            limit = self.options.max_failures
+            if limit is not None and self.result.failed >= limit and self.result.stopped is None:
+                self.result.stopped = StopReason.FAIL_FAST
+        elif event[0] == "retry":
+            self.result.retried += 1
         elif event[0] == "returned":
             self.result.returned.append(event[2])
 
@@ -200,9 +226,13 @@ class Farmer:
             handler=self.options.handler,
             parent_pid=os.getpid(),
             log_level=self.options.log_level,
+            policy=self.options.policy,
+            environment=gpu_environment(self.options.gpus, slot),
+            log_mode=self.options.log_mode,
         )
         receiver, sender = self._context.Pipe(duplex=False)
-        worker = self._context.Process(target=worker_main, args=(spec, self._stop, sender), name=f"worker-{slot}")
+        args = (spec, self._stop, self._drain, sender)
+        worker = self._context.Process(target=worker_main, args=args, name=f"worker-{slot}")
         worker.start()
         sender.close()  # the worker holds the only sending end: EOF tells us it is gone
         self._workers[slot] = worker
@@ -253,3 +283,19 @@ class Farmer:
         self._drain_events(0)
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         self.store.unregister(self.record)
+
+
+def gpu_environment(gpus: tuple[str, ...], slot: int) -> tuple[tuple[str, str], ...]:
+    """The GPU a worker slot is bound to: slots share the GPUs round robin (several workers per GPU is fine).
+
+    :returns: the variables that make CUDA and ROCm programs see only that GPU (none without ``--gpus``)
+    """
+    if not gpus:
+        return ()
+    gpu = gpus[slot % len(gpus)]
+    return (
+        ("CUDA_VISIBLE_DEVICES", gpu),
+        ("ROCR_VISIBLE_DEVICES", gpu),
+        ("HIP_VISIBLE_DEVICES", gpu),
+        ("TASKFARMER_GPU", gpu),
+    )

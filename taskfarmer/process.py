@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Final
 import psutil
 
 if TYPE_CHECKING:
+    import resource
     from collections.abc import Mapping
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -47,14 +48,15 @@ class TaskProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
+        self.usage: resource.struct_rusage | None = None
 
     def wait(self) -> int:
-        """Wait for the process to end.
+        """Wait for the process to end; its resource usage (and its waited-for descendants') is in :attr:`usage`.
 
         :returns: its exit status; negative: killed by that signal
         """
         if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
+            _, status, self.usage = os.wait4(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from taskfarmer import config
+from taskfarmer import config, gpus
 from taskfarmer.cli import EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, check_tasklist_has_tasks
 from taskfarmer.display import Display
 from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
 from taskfarmer.store import Counts, IngestResult, WorkDir, default_lock_path
+from taskfarmer.worker import TaskPolicy
 
 if TYPE_CHECKING:
     import argparse
@@ -47,6 +48,10 @@ def run_tasklist(args: argparse.Namespace) -> int:
         lease=args.lease,
         grace=args.grace,
         log_level=logging.getLogger().level,
+        policy=TaskPolicy(timeout=args.task_timeout, memory=args.task_memory, retries=args.retries),
+        max_failures=args.max_failures,
+        gpus=_gpus(args.gpus),
+        log_mode=args.logs,
     )
     display = Display(store.counts(), quiet=args.quiet)
     farmer = Farmer(store, options, listener=display.on_event)
@@ -57,6 +62,16 @@ def run_tasklist(args: argparse.Namespace) -> int:
     finally:
         display.close()
     return _summarize(store, result, time.monotonic() - started)
+
+
+def _gpus(requested: list[str] | None) -> tuple[str, ...]:
+    if requested != ["auto"]:
+        return tuple(requested or ())
+    found = gpus.detect()
+    if not found:
+        sys.stderr.write("pytaskfarmer: warning: --gpus auto found no GPU: the workers are not bound to any\n")
+    _LOGGER.info("GPUs for the workers: %s", ",".join(found) or "none")
+    return found
 
 
 def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
@@ -74,6 +89,12 @@ def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
 def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     counts = store.counts()
     sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {result.ran} tasks in {elapsed:.1f} s\n")
+    if result.drained and counts.toprocess:
+        sys.stderr.write(
+            f"pytaskfarmer: drained ({store.drain_file} exists): {counts.toprocess} tasks left. Remove that file"
+            " (taskfarmer drain --cancel) and run the same command again to go on.\n"
+        )
+        return EXIT_STOPPED
     if result.stopped is not None:
         sys.stderr.write(
             f"pytaskfarmer: stopped ({result.stopped.value}): {len(result.returned)} running tasks went back to the"

@@ -1,43 +1,194 @@
-"""``taskfarmer status WORKDIR``: the state of a work directory, readable while farmers run on other nodes."""
+"""``taskfarmer status WORKDIR``: the state of a work directory, readable while farmers run on other nodes.
+
+It takes no lock and reads only small files and the tails of big ones, so it is cheap on a million-task list.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final, TextIO
 
+from taskfarmer.store import heartbeat_interval
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from taskfarmer.store import WorkDir
 
-_FAILED_SHOWN: Final = 20
+FAILED_SHOWN: Final = 20
+_RATE_WINDOW: Final = 600.0  # seconds of recent completions the rate is computed over
+_TAIL_BYTES: Final = 256 * 1024
 
 
-def print_status(store: WorkDir, out: TextIO) -> None:
-    """Print counts, failed tasks, running tasks and farmers of *store* (no lock taken: a snapshot)."""
+@dataclass
+class StatusReport:
+    """Everything ``taskfarmer status`` shows; also its JSON form."""
+
+    workdir: str
+    tasks: dict[str, int]
+    rate_per_s: float | None
+    eta_s: float | None
+    failed: list[dict[str, object]] = field(default_factory=list)
+    failed_not_shown: int = 0
+    running: list[dict[str, object]] = field(default_factory=list)
+    farmers: list[dict[str, object]] = field(default_factory=list)
+
+
+def collect(store: WorkDir) -> StatusReport:
+    """Read the state of *store* into a report."""
     counts = store.counts()
-    out.write(
-        f"{store.path}: {counts.total} tasks: {counts.finished} finished, {counts.failed} failed,"
-        f" {counts.running} running, {counts.toprocess} to process\n"
+    rate = _recent_rate(store.accounting)
+    report = StatusReport(
+        workdir=str(store.path),
+        tasks={
+            "total": counts.total,
+            "toprocess": counts.toprocess,
+            "running": counts.running,
+            "finished": counts.finished,
+            "failed": counts.failed,
+        },
+        rate_per_s=rate,
+        eta_s=(counts.toprocess + counts.running) / rate if rate else None,
     )
-    _print_failed(store, out)
+    report.failed, report.failed_not_shown = _failed(store)
+    report.running = _running(store)
+    report.farmers = _farmers(store)
+    return report
+
+
+def _recent_rate(accounting: Path) -> float | None:
+    """:returns: tasks per second over the last completions (from the file's tail), ``None`` when none are recent"""
+    try:
+        with accounting.open("rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            source.seek(max(size - _TAIL_BYTES, 0))
+            tail = source.read().splitlines()[1:]  # the first line may be cut
+    except FileNotFoundError:
+        return None
     now = time.time()
+    ends = []
+    for line in tail:
+        fields = line.split(b"\t")
+        if len(fields) > 5 and fields[5].replace(b".", b"").isdigit():
+            ends.append(float(fields[5]))
+    recent = [end for end in ends if now - end <= _RATE_WINDOW]
+    if len(recent) < 2:
+        return None
+    span = max(now - min(recent), 1.0)
+    return len(recent) / span
+
+
+def _latest_log(store: WorkDir, taskid: int) -> str:
+    attempt, path = 1, store.logs / f"log_{taskid}"
+    while (store.logs / f"log_{taskid}.{attempt + 1}").exists():
+        attempt += 1
+        path = store.logs / f"log_{taskid}.{attempt}"
+    return str(path)
+
+
+def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:
+    shown: list[dict[str, object]] = []
+    hidden = 0
+    with store.failed.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if len(shown) >= FAILED_SHOWN:
+                hidden += 1
+                continue
+            taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
+            if taskid.isdigit():
+                entry = {"task": int(taskid), "status": status, "command": command}
+                entry["log"] = _latest_log(store, int(taskid))
+                shown.append(entry)
+    return shown, hidden
+
+
+def _running(store: WorkDir) -> list[dict[str, object]]:
+    now = time.time()
+    running: list[dict[str, object]] = []
     for path in sorted(store.running.iterdir()):
         slot = store.read_slot(path)
         if slot is not None:
-            out.write(
-                f"  running  task {slot.task} on {slot.holder.host} worker {slot.worker}"
-                f" for {now - slot.started:.0f} s: {slot.command[:80]}\n"
+            running.append(
+                {
+                    "task": slot.task,
+                    "command": slot.command,
+                    "host": slot.holder.host,
+                    "worker": slot.worker,
+                    "pid": slot.holder.pid,
+                    "farmer": slot.farmer,
+                    "age_s": round(now - slot.started, 1),
+                }
             )
-    farmers = sorted(store.read_farmers().items())
-    out.writelines(
-        f"  farmer   {name}: {rec.workers} workers, last heartbeat {age:.0f} s ago\n" for name, (rec, age) in farmers
-    )
+    return running
 
 
-def _print_failed(store: WorkDir, out: TextIO) -> None:
-    with store.failed.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines):
-            if number >= _FAILED_SHOWN:
-                out.write(f"  ... see {store.failed}\n")
-                return
-            taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
-            out.write(f"  failed   task {taskid} ({status}): {command[:60]}  log: {store.logs}/log_{taskid}*\n")
+def _farmers(store: WorkDir) -> list[dict[str, object]]:
+    farmers: list[dict[str, object]] = []
+    for name, (record, age) in sorted(store.read_farmers().items()):
+        if record.holder.is_local():
+            state = "alive" if record.holder.is_alive_locally() else "dead (process gone)"
+        elif age > record.lease:
+            state = f"presumed dead (no heartbeat for {age:.0f} s, lease {record.lease:.0f} s)"
+        elif age > 2 * heartbeat_interval(record.lease):
+            state = f"late (no heartbeat for {age:.0f} s, lease {record.lease:.0f} s)"
+        else:
+            state = "alive"
+        farmers.append(
+            {
+                "name": name,
+                "host": record.holder.host,
+                "pid": record.holder.pid,
+                "workers": record.workers,
+                "heartbeat_age_s": round(age, 1),
+                "state": state,
+            }
+        )
+    return farmers
+
+
+def print_status(store: WorkDir, out: TextIO, *, as_json: bool = False) -> None:
+    """Print the state of *store*, as text or JSON."""
+    report = collect(store)
+    if as_json:
+        json.dump(asdict(report), out, indent=1)
+        out.write("\n")
+        return
+    out.write(_text(report))
+
+
+def _text(report: StatusReport) -> str:
+    tasks = report.tasks
+    lines = [
+        (
+            f"{report.workdir}: {tasks['total']} tasks: {tasks['finished']} finished, {tasks['failed']} failed,"
+            f" {tasks['running']} running, {tasks['toprocess']} to process"
+        ),
+    ]
+    if report.rate_per_s:
+        eta = f", ETA {_duration(report.eta_s)}" if report.eta_s else ""
+        lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
+    lines += [
+        f"  failed   task {f['task']} ({f['status']}): {str(f['command'])[:60]}  log: {f['log']}" for f in report.failed
+    ]
+    if report.failed_not_shown:
+        lines.append(f"  ... and {report.failed_not_shown} more failed tasks: see {report.workdir}/failed")
+    lines += [
+        (
+            f"  running  task {r['task']} on {r['host']} worker {r['worker']} for {_duration(float(str(r['age_s'])))}:"
+            f" {str(r['command'])[:60]}"
+        )
+        for r in report.running
+    ]
+    lines += [f"  farmer   {f['name']}: {f['workers']} workers, {f['state']}" for f in report.farmers]
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -1,7 +1,8 @@
 """One worker process: claim a task, run it with the runner, record how it ended; again, until none is left.
 
-A watcher thread ends the running task when the farmer says stop, when the worker gets SIGTERM, or when the
-farmer's main process is gone (a worker never outlives its farmer); the task then goes back to the queue.
+Its watcher thread (``watcher``) ends the running task when the farmer says stop, when the worker gets SIGTERM,
+or when the farmer's main process is gone (a worker never outlives its farmer): the task then goes back to the
+queue. A drain lets the running task finish and claims nothing more.
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
 from taskfarmer import config, process
+from taskfarmer.logs import FILES, TaskLog, TaskLogs
 from taskfarmer.store import Holder, Outcome, SlotRecord, Task, WorkDir
+from taskfarmer.watcher import STOP, TaskWatcher
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -27,11 +31,19 @@ if TYPE_CHECKING:
     from taskfarmer.config import Definition
 
 _LOGGER: Final = logging.getLogger(__name__)
-_WATCH_INTERVAL: Final = 0.2
 EXIT_DONE: Final = 0  # no task left
 EXIT_STOPPED: Final = 3  # told to stop; its task went back to the queue
 SLOT_VARIABLE: Final = "TASKFARMER_SLOT"
 FARMER_VARIABLE: Final = "TASKFARMER_FARMER"
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """Limits each task of a farm lives under."""
+
+    timeout: float | None = None  # seconds a task may run; then it is killed and fails with "timeout"
+    memory: int | None = None  # bytes its processes may use together; then killed, fails with "memory"
+    retries: int = 0  # how many times a failed task runs again before it counts as failed
 
 
 @dataclass(frozen=True)
@@ -47,15 +59,19 @@ class WorkerSpec:
     handler: Definition
     parent_pid: int
     log_level: int = logging.WARNING
+    policy: TaskPolicy = field(default_factory=TaskPolicy)
+    environment: tuple[tuple[str, str], ...] = ()  # for this slot only (GPU binding)
+    log_mode: str = FILES
 
 
-def worker_main(spec: WorkerSpec, stop: Event, events: Connection) -> None:
+def worker_main(spec: WorkerSpec, stop: Event, drain: Event, events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
-    worker = Worker(spec, stop, events)
+    worker = Worker(spec, stop=stop, drain=drain, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     code = worker.run()
     events.close()
@@ -65,22 +81,23 @@ def worker_main(spec: WorkerSpec, stop: Event, events: Connection) -> None:
 class Worker:
     """The claim -> run -> record loop of one worker slot."""
 
-    def __init__(self, spec: WorkerSpec, stop: Event, events: Connection) -> None:
+    def __init__(self, spec: WorkerSpec, *, stop: Event, drain: Event, events: Connection) -> None:
         self.spec = spec
         self._farm_stop = stop
+        self._drain = drain
         self._events = events
         self._local_stop = threading.Event()
-        self._task_running = threading.Event()
-        self._killed = False
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
         self.runner, self.variables = config.build_runner(spec.runner)
         self.handler = config.build_tasklist(spec.handler)
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
-        self._watch = threading.Condition()
-        self._terminating = False
-        self._logs_abs = self.store.logs.resolve()
-        threading.Thread(target=self._watch_tasks, name="watcher", daemon=True).start()
+        self.watcher = TaskWatcher(
+            self.runner, stopping=self.stopping, timeout=spec.policy.timeout, memory=spec.policy.memory
+        )
+        stream_name = f"stream.{spec.farmer}.{spec.worker}"
+        self.logs = TaskLogs(self.store.logs.resolve(), mode=spec.log_mode, stream_name=stream_name)
         os.environ.update(self.variables)
+        os.environ.update(dict(spec.environment))
         os.environ.update(
             {
                 SLOT_VARIABLE: f"{spec.farmer}.{spec.worker}",
@@ -96,34 +113,38 @@ class Worker:
         self._local_stop.set()
 
     def stopping(self) -> bool:
-        """:returns: whether this worker must claim nothing more"""
+        """:returns: whether this worker must kill its task and claim nothing more"""
         return self._local_stop.is_set() or self._farm_stop.is_set() or os.getppid() != self.spec.parent_pid
 
+    def _claim_next(self) -> bool:
+        return not (self.stopping() or self._drain.is_set())
+
     def run(self) -> int:
-        """Work until no task is left or a stop is requested.
+        """Work until no task is left, a stop, or a drain.
 
         :returns: the worker's exit status
         """
         tasklist = Path(self.spec.tasklist)
-        task = None if self.stopping() else self.store.claim(self.slot, tasklist=tasklist)
+        task = self.store.claim(self.slot, tasklist=tasklist) if self._claim_next() else None
         while task is not None:
-            self.slot = replace(self.slot, task=task.taskid, command=task.command)
+            self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
             outcome = self._execute(task)
             process.reap_any()
             if outcome is None:
                 _LOGGER.info("task %d stopped: back in the queue", task.taskid)
                 if self.store.release(self.slot):
-                    self._send("returned", self.slot.task, "")
+                    self._send("returned", task.taskid, "")
                 return EXIT_STOPPED
-            _LOGGER.info(
-                "task %d %s after %.2f s",
-                self.slot.task,
-                outcome.status if not outcome.succeeded else "finished",
-                outcome.ended - outcome.started,
+            retry = self._should_retry(outcome)
+            _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
+            task = self.store.finish_and_claim(
+                self.slot, outcome, claim_next=self._claim_next(), retry=retry, tasklist=tasklist
             )
-            task = self.store.finish_and_claim(self.slot, outcome, claim_next=not self.stopping(), tasklist=tasklist)
-            self._send("end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
-        return EXIT_STOPPED if self.stopping() else EXIT_DONE
+            self._send("retry" if retry else "end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
+        return EXIT_STOPPED if self.stopping() or self._drain.is_set() else EXIT_DONE
+
+    def _should_retry(self, outcome: Outcome) -> bool:
+        return not outcome.succeeded and outcome.attempt <= self.spec.policy.retries
 
     def _send(self, kind: str, taskid: int, detail: str) -> None:
         with contextlib.suppress(OSError):  # the farmer is gone: stopping() notices it
@@ -134,24 +155,39 @@ class Worker:
 
         :returns: its outcome, or ``None`` when it was killed because of a stop
         """
-        attempt, log_path, logfh = self._open_log(task.taskid)
-        self._prepare_environment(task, attempt, log_path)
+        log = self.logs.open(task.taskid, task.attempt)
+        self.slot = replace(self.slot, attempt=log.attempt)
+        self._prepare_environment(task, log)
         self._send("start", task.taskid, task.command)
-        _LOGGER.info("task %d started (attempt %d): %s", task.taskid, attempt, task.command)
-        with self._watch:
-            self._killed = False
-            self._task_running.set()
+        _LOGGER.info("task %d started (attempt %d): %s", task.taskid, log.attempt, task.command)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.watcher.task_started()
         started = time.time()
-        with logfh:
-            returncode, reason = self._run_runner(task, logfh)
+        with log.handle:
+            returncode, reason = self._run_runner(task, log.handle)
         ended = time.time()
-        with self._watch:
-            self._task_running.clear()
-            # A kill under way decides whether the task ended by itself (recorded) or by the stop (returned).
-            self._watch.wait_for(lambda: not self._terminating)
-            if self._killed:
-                return None
-        return Outcome(returncode, started, ended, attempt=attempt, log=f"logs/{log_path.name}", reason=reason)
+        verdict = self.watcher.task_ended()
+        if verdict.killed_for == STOP:
+            return None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return Outcome(
+            returncode,
+            started,
+            ended,
+            attempt=log.attempt,
+            log=log.location(),
+            reason=verdict.killed_for or reason,
+            peak_rss_kb=max(verdict.peak_rss_kb, self._peak_rss_kb(before, after)),
+            cpu_user=after.ru_utime - before.ru_utime,
+            cpu_system=after.ru_stime - before.ru_stime,
+        )
+
+    def _peak_rss_kb(self, before: resource.struct_rusage, after: resource.struct_rusage) -> int:
+        # The kernel's figure for the task's largest process; RUSAGE_CHILDREN only shows it when it beat the past.
+        usage = getattr(self.runner, "last_usage", None)
+        if usage is not None:
+            return int(usage.ru_maxrss)
+        return int(after.ru_maxrss) if after.ru_maxrss > before.ru_maxrss else 0
 
     def _run_runner(self, task: Task, logfh: IO[str]) -> tuple[int, str]:
         try:
@@ -165,35 +201,15 @@ class Worker:
             return 1, "error:runner"
         return returncode, ""
 
-    def _watch_tasks(self) -> None:
-        """Kill the task when a stop comes; keep killing until the runner returns (it may be starting it)."""
-        while True:
-            self._task_running.wait()
-            time.sleep(_WATCH_INTERVAL)
-            with self._watch:
-                if not (self._task_running.is_set() and self.stopping()):
-                    continue
-                self._terminating = True
-            killed: bool | None = None  # a runner whose terminate() raises is treated as having killed the task
-            try:
-                killed = self.runner.terminate()
-            finally:
-                with self._watch:
-                    self._killed = self._killed or killed is None or bool(killed)
-                    self._terminating = False
-                    self._watch.notify_all()
-
-    def _open_log(self, taskid: int) -> tuple[int, Path, IO[str]]:
-        """Create the log of the next attempt (``log_ID``, then ``log_ID.2``...): a rerun never overwrites one."""
-        attempt = 1
-        while True:
-            path = self.store.logs / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
-            with contextlib.suppress(FileExistsError):
-                return attempt, path, path.open("x", encoding="utf-8", errors="replace")
-            attempt += 1
-
-    def _prepare_environment(self, task: Task, attempt: int, log_path: Path) -> None:
+    @staticmethod
+    def _prepare_environment(task: Task, log: TaskLog) -> None:
         # The worker is a process of its own that runs one task at a time: its environment is the task's.
         os.environ["PROC_NUMBER"] = os.environ["TASKFARMER_TASK_ID"] = str(task.taskid)
-        os.environ["TASKFARMER_ATTEMPT"] = str(attempt)
-        os.environ["TASKFARMER_LOG"] = str(self._logs_abs / log_path.name)
+        os.environ["TASKFARMER_ATTEMPT"] = str(log.attempt)
+        os.environ["TASKFARMER_LOG"] = str(log.path)
+
+
+def _describe(outcome: Outcome, *, retry: bool) -> str:
+    if outcome.succeeded:
+        return "finished"
+    return f"{outcome.status} (will run again)" if retry else outcome.status

@@ -76,7 +76,7 @@ def lines(path: Path) -> list[str]:
 
 def ids(path: Path) -> list[int]:
     """:returns: the task IDs (first column) of a state file such as finished, failed or toprocess"""
-    return [int(line.split(" ", 1)[0]) for line in lines(path) if line.strip()]
+    return [int(line.split(" ", 1)[0].split("@")[0]) for line in lines(path) if line.strip()]
 
 
 def descendants_of_session(sid: int) -> list[psutil.Process]:

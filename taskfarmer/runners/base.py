@@ -23,6 +23,7 @@ import psutil
 from taskfarmer import process
 
 if TYPE_CHECKING:
+    import resource
     from collections.abc import Mapping
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class CommandRunner(Runner):
     :param name: the runner's name (its INI section), for messages; the farmer gives it
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  # one keyword per INI option
         self,
         *,
         setup: str = "",
@@ -102,6 +103,7 @@ class CommandRunner(Runner):
         self._lock = threading.Lock()
         self._proc: process.TaskProcess | None = None
         self._key = ""
+        self.last_usage: resource.struct_rusage | None = None  # of the last task: for the accounting
 
     def command(self, script: str) -> list[str]:
         """:returns: the argv that runs the shell *script* (pure: no I/O)"""
@@ -120,18 +122,22 @@ class CommandRunner(Runner):
 
     def run(self, taskid: int, command: str, logfh: IO[str]) -> int:
         """Run the task, wait for it, and end whatever it left running in the background."""
+        self.last_usage = None
         cwd = self._make_tempdir(taskid)
         argv = self.command(self.script(command))
         try:
             with self._lock:
                 self._key = f"{os.getpid()}.{next(_keys)}"
                 self._proc = process.start(argv, cwd=cwd, env=self.environment(), output=logfh)
-            return self._proc.wait()
+            returncode = self._proc.wait()
         except OSError as exc:
             # Worded and numbered as bash reports it: the line may have been executed without bash (BasicRunner).
             not_found = isinstance(exc, FileNotFoundError) and "/" not in argv[0]
             logfh.write(f"pytaskfarmer: {argv[0]}: {'command not found' if not_found else exc.strerror or exc}\n")
             return 126 if isinstance(exc, PermissionError) else 127
+        else:
+            self.last_usage = self._proc.usage
+            return returncode
         finally:
             self._end_leftovers()
             if cwd is not None:

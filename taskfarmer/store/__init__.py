@@ -9,6 +9,7 @@ Layout (all plain text but the internals starting with a dot)::
     farmers/        one file per live farmer (JSON); its mtime is the farmer's heartbeat
     logs/           log_ID (first attempt), log_ID.N (attempt N): the task's stdout and stderr
     timeline.json   Chrome trace events, one per task attempt (open in ui.perfetto.dev)
+    accounting.tsv  one line per task attempt: status, times, host, worker, peak memory, CPU time, log
     tasklist.json   how much of the tasklist was taken in, with a digest to notice edits
     .journal        the redo record of the change in progress (see _journal)
 
@@ -27,7 +28,7 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -45,10 +46,10 @@ from taskfarmer.store._ingest import (
     open_tasklist,
 )
 from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt
-from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, farmer_pid, host_name
+from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, farmer_pid, host_name, parse_stack_entry
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 __all__ = [
     "MAX_TASK_BYTES",
@@ -73,10 +74,11 @@ _COUNT_BLOCK: Final = 256 * 1024
 
 @dataclass(frozen=True)
 class Task:
-    """One line of the tasklist: its ID (0-based line number) and its command."""
+    """One line of the tasklist: its ID (0-based line number), its command, and which attempt this is."""
 
     taskid: int
     command: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,14 @@ class Outcome:
     attempt: int = 1
     log: str = ""
     reason: str = ""  # a policy that ended the task (e.g. "timeout"); empty when it ended by itself
+    peak_rss_kb: int = 0  # 0: unknown
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+
+    @property
+    def duration(self) -> float:
+        """:returns: the wall-clock seconds the attempt took"""
+        return self.ended - self.started
 
     @property
     def succeeded(self) -> bool:
@@ -115,7 +125,6 @@ class Counts:
     running: int = 0
     finished: int = 0
     failed: int = 0
-    failed_ids: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -152,10 +161,12 @@ class WorkDir:
         self.finished = path / "finished"
         self.failed = path / "failed"
         self.timeline = path / "timeline.json"
+        self.accounting = path / "accounting.tsv"
         self.logs = path / "logs"
         self.running = path / "running"
         self.farmers = path / "farmers"
         self._state = path / "tasklist.json"
+        self.drain_file = path / "drain"
 
     # -- setting up -------------------------------------------------------------------------------------------------
 
@@ -180,6 +191,8 @@ class WorkDir:
                     name.touch(exist_ok=True)
                 if _files.size(self.timeline) == 0:
                     _files.write_at(self.timeline, 0, _EMPTY_TIMELINE)
+                if _files.size(self.accounting) == 0:
+                    _files.write_at(self.accounting, 0, ACCOUNTING_HEADER)
         except WorkDirError:
             _remove_empty(made)
             raise
@@ -277,14 +290,21 @@ class WorkDir:
             return self._claim_locked(slot, [], tasklist)
 
     def finish_and_claim(
-        self, slot: SlotRecord, outcome: Outcome, *, claim_next: bool, tasklist: Path | None = None
+        self,
+        slot: SlotRecord,
+        outcome: Outcome,
+        *,
+        claim_next: bool,
+        retry: bool = False,
+        tasklist: Path | None = None,
     ) -> Task | None:
         """Record how *slot*'s task ended and, in the same lock, claim the next one.
 
+        :param retry: put the (failed) task back on top of the queue instead of in ``failed``
         :returns: the next task, or ``None`` (none left, or *claim_next* false)
         """
         with self.locked():
-            actions = self._finish_actions(slot, outcome)
+            actions = self._finish_actions(slot, outcome, retry=retry)
             if not claim_next:
                 self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
                 return None
@@ -311,8 +331,8 @@ class WorkDir:
             self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
             return None
         offset, line = top
-        taskid_text, _, command = line.decode().partition(" ")
-        task = Task(int(taskid_text), command)
+        taskid, attempt, command = parse_stack_entry(line)
+        task = Task(taskid, command, attempt)
         record = SlotRecord(
             task=task.taskid,
             command=task.command,
@@ -320,6 +340,7 @@ class WorkDir:
             worker=slot.worker,
             holder=slot.holder,
             started=time.time(),
+            attempt=task.attempt,
         )
         self._journal.commit(
             [*actions, WriteAt(self._slot_name(slot), 0, record.to_json()), Truncate("toprocess", offset)]
@@ -334,12 +355,22 @@ class WorkDir:
         except TaskListError as exc:
             _LOGGER.warning("not taking in new tasklist lines: %s", exc)
 
-    def _finish_actions(self, slot: SlotRecord, outcome: Outcome) -> list[Action]:
+    def _finish_actions(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> list[Action]:
         if outcome.succeeded:
             target, line = self.finished, b"%d %s\n" % (slot.task, slot.command.encode())
+        elif retry:
+            target, line = self.toprocess, slot.stack_entry()
         else:
             target, line = self.failed, b"%d %s %s\n" % (slot.task, outcome.status.encode(), slot.command.encode())
-        event = {
+        status = "ok" if outcome.succeeded else outcome.status
+        return [
+            WriteAt(target.name, _files.size(target), line),
+            self._timeline_append(self._timeline_event(slot, outcome, status)),
+            WriteAt(self.accounting.name, _files.size(self.accounting), _accounting_line(slot, outcome, status)),
+        ]
+
+    def _timeline_event(self, slot: SlotRecord, outcome: Outcome, status: str) -> dict[str, object]:
+        return {
             "name": slot.command[:_TIMELINE_NAME_CHARS],
             "cat": "task",
             "ph": "X",
@@ -349,15 +380,16 @@ class WorkDir:
             "tid": slot.worker,
             "args": {
                 "task": slot.task,
-                "status": "ok" if outcome.succeeded else outcome.status,
+                "status": status,
                 "returncode": outcome.returncode,
                 "attempt": outcome.attempt,
                 "host": slot.holder.host,
                 "farmer": slot.farmer,
                 "log": outcome.log,
+                "peak_rss_kb": outcome.peak_rss_kb,
+                "cpu_s": round(outcome.cpu_user + outcome.cpu_system, 3),
             },
         }
-        return [WriteAt(target.name, _files.size(target), line), self._timeline_append(event)]
 
     def _timeline_append(self, event: dict[str, object]) -> WriteAt:
         # Keep timeline.json valid JSON at all times: overwrite the closing "\n]\n" with the event and a new close.
@@ -373,7 +405,7 @@ class WorkDir:
             return False
         self._journal.commit(
             [
-                WriteAt("toprocess", _files.size(self.toprocess), current.stack_entry()),
+                WriteAt("toprocess", _files.size(self.toprocess), slot.stack_entry()),
                 WriteAt(self._slot_name(slot), 0, b""),
             ]
         )
@@ -443,6 +475,50 @@ class WorkDir:
         )
         return [Task(record.task, record.command)]
 
+    def forget_farmer(self, name: str) -> list[Task]:
+        """Put back the tasks of farmer *name*, alive or not (for a node known lost before its lease expires).
+
+        :returns: the tasks put back
+        """
+        with self.locked():
+            returned = []
+            for slot_path in self._slot_files(name):
+                record = self.read_slot(slot_path)
+                relative = str(slot_path.relative_to(self.path))
+                actions: list[Action] = [Unlink(relative)]
+                if record is not None:
+                    actions.insert(0, WriteAt("toprocess", _files.size(self.toprocess), record.stack_entry()))
+                    returned.append(Task(record.task, record.command))
+                self._journal.commit(actions)
+            self._journal.commit([Unlink(f"farmers/{name}")])
+            return returned
+
+    def requeue_failed(self, select: Callable[[int, str], bool]) -> list[int]:
+        """Move the failed tasks that *select* (task ID, status) picks back to the queue, to run next.
+
+        :returns: their IDs
+        """
+        with self.locked():
+            keep: list[bytes] = []
+            back: list[bytes] = []
+            with self.failed.open("rb") as failed:
+                for line in failed:
+                    taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
+                    # An invalid line (not UTF-8, too long) cannot run, and its recorded command is only a preview.
+                    runnable = taskid.isdigit() and not status.startswith(b"invalid:")
+                    chosen = runnable and select(int(taskid), status.decode(errors="replace"))
+                    (back if chosen else keep).append(line if not chosen else b"%s %s\n" % (taskid, command))
+            if not back:
+                return []
+            rebuilt = self.path / ".failed.new"
+            rebuilt.write_bytes(b"".join(keep))
+            # Reversed: the stack's top is its end, so the first of them runs first.
+            entries = b"".join(reversed(back))
+            self._journal.commit(
+                [WriteAt("toprocess", _files.size(self.toprocess), entries), Replace(rebuilt.name, self.failed.name)]
+            )
+            return [int(line.split(b" ", 1)[0]) for line in back]
+
     @staticmethod
     def _farmer_dead(record: FarmerRecord, age: float) -> bool:
         if record.holder.is_local():
@@ -469,6 +545,10 @@ class WorkDir:
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
+    def drain_requested(self) -> bool:
+        """:returns: whether someone asked every farmer of this work directory to drain"""
+        return self.drain_file.exists()
+
     def counts(self) -> Counts:
         """:returns: the number of tasks in each state (reads the state files: O(list) bytes, no lock)"""
         counts = Counts(
@@ -479,12 +559,6 @@ class WorkDir:
         counts.running = sum(1 for path in self.running.iterdir() if self.read_slot(path))
         return counts
 
-    def failed_ids(self) -> set[int]:
-        """:returns: the IDs of the tasks in ``failed``"""
-        with contextlib.suppress(FileNotFoundError), self.failed.open("rb") as lines:
-            return {int(line.split(b" ", 1)[0]) for line in lines if line.strip()}
-        return set()
-
 
 def _remove_empty(directories: list[Path]) -> None:
     """Undo the creation of *directories* (deepest first), keeping any a concurrent farmer already uses."""
@@ -492,6 +566,32 @@ def _remove_empty(directories: list[Path]) -> None:
         with contextlib.suppress(OSError):
             (directory / ".lock").unlink(missing_ok=True)
             directory.rmdir()
+
+
+ACCOUNTING_COLUMNS: Final = (
+    "task attempt status returncode start end seconds host worker farmer peak_rss_kb cpu_user_s cpu_system_s log"
+)
+ACCOUNTING_HEADER: Final = "\t".join(ACCOUNTING_COLUMNS.split()).encode() + b"\n"
+
+
+def _accounting_line(slot: SlotRecord, outcome: Outcome, status: str) -> bytes:
+    fields = (
+        slot.task,
+        outcome.attempt,
+        status,
+        outcome.returncode,
+        f"{outcome.started:.3f}",
+        f"{outcome.ended:.3f}",
+        f"{outcome.duration:.3f}",
+        slot.holder.host,
+        slot.worker,
+        slot.farmer,
+        outcome.peak_rss_kb,
+        f"{outcome.cpu_user:.3f}",
+        f"{outcome.cpu_system:.3f}",
+        outcome.log,
+    )
+    return "\t".join(str(field) for field in fields).encode() + b"\n"
 
 
 def heartbeat_interval(lease: float) -> float:

@@ -115,6 +115,7 @@ class SlotRecord:
     worker: int
     holder: Holder
     started: float
+    attempt: int = 1
 
     def to_json(self) -> bytes:
         """:returns: the record as stored"""
@@ -130,5 +131,19 @@ class SlotRecord:
         return cls(**raw)
 
     def stack_entry(self) -> bytes:
-        """:returns: the ``toprocess`` line that puts this task back in the queue"""
-        return b"%d %s\n" % (self.task, self.command.encode())
+        """:returns: the ``toprocess`` line that puts this task back in the queue, for its next attempt"""
+        return stack_entry(self.task, self.command, self.attempt + 1)
+
+
+def stack_entry(taskid: int, command: str, attempt: int) -> bytes:
+    """:returns: a ``toprocess`` line: ``ID COMMAND``, or ``ID@ATTEMPT COMMAND`` for a task that runs again"""
+    if attempt <= 1:
+        return b"%d %s\n" % (taskid, command.encode())
+    return b"%d@%d %s\n" % (taskid, attempt, command.encode())
+
+
+def parse_stack_entry(line: bytes) -> tuple[int, int, str]:
+    """:returns: ``(task ID, attempt, command)`` of a ``toprocess`` line (without its newline)"""
+    head, _, command = line.decode().partition(" ")
+    taskid, _, attempt = head.partition("@")
+    return int(taskid), int(attempt or 1), command

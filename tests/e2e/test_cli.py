@@ -104,7 +104,7 @@ def test_a_stopped_task_reruns_first_and_keeps_both_logs(tmp_path: Path) -> None
     workdir = tmp_path / "t.txt_workdir"
     assert lines(workdir / "toprocess") == [
         "1 echo other",
-        f"0 if [ -e {marker} ]; then echo second; else touch {marker}; echo first; sleep 60; fi",
+        f"0@2 if [ -e {marker} ]; then echo second; else touch {marker}; echo first; sleep 60; fi",
     ]
     assert run_farmer(tasklist, "-n", "1").returncode == 0
     assert (workdir / "logs" / "log_0").read_text() == "first\n"

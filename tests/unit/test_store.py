@@ -50,8 +50,9 @@ def test_a_released_task_is_claimed_next(tmp_path: Path) -> None:
     assert first is not None
     assert store.release(replace(slot, task=first.taskid, command=first.command)) is True
     assert store.read_slot(store.slot_path(slot.farmer, 0)) is None
+    assert store.toprocess.read_text().splitlines()[-1] == "0@2 echo 0"
     again = store.claim(slot)
-    assert again == first
+    assert again == replace(first, attempt=2)
     assert store.counts().toprocess == 4
 
 
@@ -98,7 +99,7 @@ def test_tasks_of_a_dead_local_worker_come_back_on_top(tmp_path: Path) -> None:
     assert live_task is not None
     returned = store.recover_dead(me=farmer.name)
     assert [t.taskid for t in returned] == [task.taskid]
-    assert store.toprocess.read_text().splitlines()[-1] == f"{task.taskid} {task.command}"
+    assert store.toprocess.read_text().splitlines()[-1] == f"{task.taskid}@2 {task.command}"
     assert not store.slot_path(farmer.name, 1).exists()
     assert store.read_slot(store.slot_path(farmer.name, 0)) is not None  # a live worker keeps its task
 

@@ -1,0 +1,119 @@
+"""Where task output goes: one file per task attempt (default), or one stream per worker (``--logs stream``).
+
+Files: ``logs/log_ID`` for the first attempt, ``logs/log_ID.N`` for attempt N; a rerun never overwrites a log.
+Each task costs a file creation, which shared filesystems (Lustre, GPFS) pay dearly for at scale.
+
+Stream: every task of a worker appends to ``logs/stream.FARMER.WORKER``, after a header line
+``==> task ID attempt N <==``; the accounting records where its output starts and how long it is
+(``logs/stream.FARMER.WORKER@OFFSET+LENGTH``), so ``taskfarmer log`` reads it back exactly. A farm then creates
+O(workers) files instead of O(tasks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, BinaryIO, Final
+
+from taskfarmer.errors import TaskFarmerError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from taskfarmer.store import WorkDir
+
+FILES: Final = "files"
+STREAM: Final = "stream"
+MODES: Final = (FILES, STREAM)
+_COPY_BLOCK: Final = 1 << 20
+
+
+@dataclass
+class TaskLog:
+    """The log of one running attempt."""
+
+    attempt: int
+    handle: IO[str]
+    path: Path  # the file the task writes to (for TASKFARMER_LOG)
+    offset: int = -1  # in a stream: where the task's output starts
+
+    def location(self) -> str:
+        """:returns: what the accounting records: ``logs/NAME``, or ``logs/NAME@OFFSET+LENGTH`` in a stream"""
+        if self.offset < 0:
+            return f"logs/{self.path.name}"
+        return f"logs/{self.path.name}@{self.offset}+{self.path.stat().st_size - self.offset}"
+
+
+class TaskLogs:
+    """The logs of one worker.
+
+    :param directory: the work directory's ``logs``
+    :param mode: :data:`FILES` or :data:`STREAM`
+    :param stream_name: the worker's stream file name (``stream.FARMER.WORKER``)
+    """
+
+    def __init__(self, directory: Path, *, mode: str, stream_name: str) -> None:
+        self._directory = directory
+        self._mode = mode
+        self._stream = directory / stream_name
+
+    def open(self, taskid: int, attempt: int) -> TaskLog:
+        """Open the log of an attempt (a later attempt number when that one already has a log file)."""
+        if self._mode == STREAM:
+            return self._open_in_stream(taskid, attempt)
+        while True:
+            path = self._directory / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
+            with contextlib.suppress(FileExistsError):
+                return TaskLog(attempt, path.open("x", encoding="utf-8", errors="replace"), path)
+            attempt += 1
+
+    def _open_in_stream(self, taskid: int, attempt: int) -> TaskLog:
+        handle = self._stream.open("a", encoding="utf-8", errors="replace")
+        handle.write(f"==> task {taskid} attempt {attempt} <==\n")
+        handle.flush()
+        return TaskLog(attempt, handle, self._stream, offset=os.fstat(handle.fileno()).st_size)
+
+
+def print_log(store: WorkDir, taskid: int, *, attempt: int | None, out: BinaryIO) -> None:
+    """Copy the log of a task's attempt (default: the last) to *out*, whichever mode wrote it.
+
+    :raises TaskFarmerError: when the task has no such log
+    """
+    location = _find(store, taskid, attempt)
+    name, _, span = location.removeprefix("logs/").partition("@")
+    with (store.logs / name).open("rb") as source:
+        if not span:
+            while block := source.read(_COPY_BLOCK):
+                out.write(block)
+            return
+        offset, _, length = span.partition("+")
+        source.seek(int(offset))
+        out.write(source.read(int(length)))
+
+
+def _find(store: WorkDir, taskid: int, attempt: int | None) -> str:
+    found = _from_accounting(store, taskid, attempt)
+    if found is None:  # not finished yet (running, or a farmer died): a per-task file may still exist
+        number = attempt or 1
+        path = store.logs / (f"log_{taskid}" if number == 1 else f"log_{taskid}.{number}")
+        if path.exists():
+            found = f"logs/{path.name}"
+    if found is None:
+        which = f"attempt {attempt} of task {taskid}" if attempt else f"task {taskid}"
+        msg = f"No log of {which} in {store.path}: it has not run yet, or runs now in stream mode."
+        raise TaskFarmerError(msg)
+    return found
+
+
+def _from_accounting(store: WorkDir, taskid: int, attempt: int | None) -> str | None:
+    prefix = f"{taskid}\t".encode()
+    found = None
+    with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as lines:
+        for line in lines:
+            if not line.startswith(prefix):
+                continue
+            fields = line.rstrip(b"\n").split(b"\t")
+            if attempt is None or fields[1] == str(attempt).encode():
+                found = fields[-1].decode()
+    return found

@@ -1,0 +1,56 @@
+"""Operations on a work directory besides running it: put failed tasks back, recover dead farmers, drain."""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from taskfarmer.store import WorkDir
+
+
+def failed_selector(*, statuses: list[str], ids: list[int]) -> Callable[[int, str], bool]:
+    """Choose failed tasks by status (shell patterns: ``exit:*``, ``timeout``, ``signal:SIGKILL``) and/or ID.
+
+    :returns: a predicate over (task ID, status); with neither statuses nor IDs, every failed task
+    """
+    wanted_ids = set(ids)
+
+    def select(taskid: int, status: str) -> bool:
+        by_status = not statuses or any(fnmatch.fnmatchcase(status, pattern) for pattern in statuses)
+        by_id = not wanted_ids or taskid in wanted_ids
+        return by_status and by_id
+
+    return select
+
+
+def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, farmers: list[str]) -> str:
+    """Put tasks back in the queue.
+
+    :returns: what was done, as one line
+    """
+    parts = []
+    if dead:
+        returned = store.recover_dead()
+        parts.append(f"{len(returned)} tasks of dead farmers")
+    for name in farmers:
+        returned = store.forget_farmer(name)
+        parts.append(f"{len(returned)} tasks of farmer {name}")
+    if statuses or ids or not (dead or farmers):
+        back = store.requeue_failed(failed_selector(statuses=statuses, ids=ids))
+        parts.append(f"{len(back)} failed tasks")
+    return "back in the queue: " + ", ".join(parts) + ". Run the farmer again to run them."
+
+
+def drain(store: WorkDir, *, cancel: bool) -> str:
+    """Ask every farmer of the work directory to finish its running tasks and claim nothing more (or stop asking).
+
+    :returns: what was done, as one line
+    """
+    if cancel:
+        store.drain_file.unlink(missing_ok=True)
+        return f"removed {store.drain_file}: farmers started from now on claim tasks again"
+    store.drain_file.write_text("Farmers finish their running tasks and claim no more while this file exists.\n")
+    return f"created {store.drain_file}: running farmers finish their tasks and exit; remove it with --cancel"

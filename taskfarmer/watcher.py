@@ -1,0 +1,119 @@
+"""The watcher thread of a worker: ends the running task when the farm stops, or when the task breaks a policy.
+
+It wakes up a few times a second while a task runs, and kills the task (through the runner, whole process tree)
+when the worker must stop, when the task runs past ``--task-timeout``, or when the task's processes together use
+more memory than ``--task-memory``. The worker asks it afterwards why the task ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import psutil
+
+from taskfarmer import process
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from taskfarmer.runners import Runner
+
+WATCH_INTERVAL: Final = 0.2
+STOP: Final = "stop"
+TIMEOUT: Final = "timeout"
+MEMORY: Final = "memory"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a task ended early (``None``: it ended by itself) and the largest memory use the watcher saw."""
+
+    killed_for: str | None
+    peak_rss_kb: int
+
+
+class TaskWatcher:
+    """Watches one task at a time for a worker; see the module docstring.
+
+    :param runner: the runner whose :meth:`~taskfarmer.runners.Runner.terminate` ends the task
+    :param stopping: tells whether the worker must stop
+    :param timeout: seconds a task may run (``None``: no limit)
+    :param memory: bytes of resident memory a task's processes may use together (``None``: no limit)
+    """
+
+    def __init__(
+        self, runner: Runner, *, stopping: Callable[[], bool], timeout: float | None, memory: int | None
+    ) -> None:
+        self._runner = runner
+        self._stopping = stopping
+        self._timeout = timeout
+        self._memory = memory
+        self._condition = threading.Condition()
+        self._running = threading.Event()
+        self._terminating = False
+        self._killed_for: str | None = None
+        self._deadline = 0.0
+        self._peak_rss = 0
+        threading.Thread(target=self._watch, name="watcher", daemon=True).start()
+
+    def task_started(self) -> None:
+        """Start watching a task that is about to start."""
+        with self._condition:
+            self._killed_for = None
+            self._peak_rss = 0
+            self._deadline = time.monotonic() + self._timeout if self._timeout else 0.0
+            self._running.set()
+
+    def task_ended(self) -> Verdict:
+        """Stop watching; wait for a kill under way, whose reason decides what happens to the task.
+
+        :returns: why the task was killed, if it was
+        """
+        with self._condition:
+            self._running.clear()
+            self._condition.wait_for(lambda: not self._terminating)
+            return Verdict(self._killed_for, self._peak_rss // 1024)
+
+    def _watch(self) -> None:
+        while True:
+            self._running.wait()
+            time.sleep(WATCH_INTERVAL)
+            with self._condition:
+                reason = self._reason() if self._running.is_set() else None
+                if reason is None:
+                    continue
+                self._terminating = True
+            self._kill(reason)
+
+    def _reason(self) -> str | None:
+        if self._stopping():
+            return STOP
+        if self._deadline and time.monotonic() > self._deadline:
+            return TIMEOUT
+        if self._memory is not None and self._sample_memory() > self._memory:
+            return MEMORY
+        return None
+
+    def _sample_memory(self) -> int:
+        # In a worker process, every descendant belongs to the running task (orphans are adopted: subreaper).
+        total = 0
+        for proc in process.descendants():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        self._peak_rss = max(self._peak_rss, total)
+        return total
+
+    def _kill(self, reason: str) -> None:
+        killed: bool | None = None  # a runner whose terminate() raises is taken to have killed the task
+        try:
+            killed = self._runner.terminate()
+        finally:
+            with self._condition:
+                if killed is None or killed:
+                    self._killed_for = self._killed_for or reason
+                self._terminating = False
+                self._condition.notify_all()
