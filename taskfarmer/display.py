@@ -1,6 +1,8 @@
-"""What a user sees while a farmer runs: a live ``rich`` progress bar on a terminal, plain periodic lines otherwise.
+"""What a user sees while a farmer runs: a live ``rich`` view on a terminal, one plain line now and then otherwise.
 
-The farmer knows nothing of this module: it hands every worker event to :meth:`Display.on_event`.
+The farmer knows nothing of this module: it hands every worker event, and a ``("tick",)`` each loop, to
+:meth:`Display.on_event`. The numbers are the whole list's (other farmers may work on it too), read from the
+work directory at most twice a second; this farmer's events only feed the table of the tasks it runs now.
 """
 
 from __future__ import annotations
@@ -9,30 +11,38 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from taskfarmer.status import format_duration as _duration
 
 if TYPE_CHECKING:
-    from taskfarmer.store import Counts
+    from taskfarmer.store import WorkDir
 
 PLAIN_INTERVAL: Final = 60.0  # seconds between two progress lines in a batch log: never a flood
+_REFRESH: Final = 0.5  # seconds between two reads of the whole list's state on a terminal
+_RUNNING_SHOWN: Final = 8
 
 
 class Display:
-    """Progress of one farmer over the list: done, failed, running, left, rate and ETA."""
+    """Progress of the list: done, failed, running, left, rate, ETA, and the tasks running here now."""
 
-    def __init__(self, counts: Counts, *, stream: TextIO | None = None, quiet: bool = False) -> None:
-        """:param counts: the list's state when the farmer starts (other farmers may have done part of it)"""
+    def __init__(
+        self, store: WorkDir, *, stream: TextIO | None = None, quiet: bool = False, interval: float = PLAIN_INTERVAL
+    ) -> None:
+        self._store = store
         self._stream = stream or sys.stderr
-        self._total = counts.total
-        self._done = counts.finished + counts.failed
-        self._failed = counts.failed
-        self._running = 0
+        self._counts = store.counts()
         self._started = time.monotonic()
         self._done_at_start = self._done
-        self._next_line = self._started + PLAIN_INTERVAL
+        self._next_refresh = self._started + _REFRESH
+        self._next_line = self._started + interval
+        self._interval = interval
         self._quiet = quiet
-        self._progress: Progress | None = None
+        self._running: dict[int, tuple[int, str, float]] = {}  # worker -> (task, command, started)
+        self._live: Live | None = None
         if not quiet and self._stream.isatty():
             self._progress = Progress(
                 TextColumn("[bold]tasks"),
@@ -40,30 +50,30 @@ class Display:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(file=self._stream),
-                transient=False,
             )
-            self._bar = self._progress.add_task("tasks", total=self._total, completed=self._done, detail="")
-            self._progress.start()
+            self._bar = self._progress.add_task("tasks", total=self._counts.total, completed=self._done, detail="")
+            self._live = Live(self._render(), console=Console(file=self._stream), refresh_per_second=4, transient=False)
+            self._live.start()
+
+    @property
+    def _done(self) -> int:
+        return self._counts.finished + self._counts.failed
 
     def on_event(self, event: tuple[Any, ...]) -> None:
-        """Take a worker event: ``("start", worker, taskid, command)`` or ``("end", worker, taskid, status)``."""
-        if event[0] == "start":
-            self._running += 1
-        elif event[0] == "end":
-            self._running = max(self._running - 1, 0)
-            self._done += 1
-            self._failed += event[3] != "ok"
-        self._update()
-
-    def _update(self) -> None:
-        if self._progress is not None:
-            detail = f"[red]{self._failed} failed[/] {self._running} running {self._rate():.1f}/s"
-            self._progress.update(self._bar, completed=self._done, detail=detail)
-        elif not self._quiet and time.monotonic() >= self._next_line:
-            self._next_line = time.monotonic() + PLAIN_INTERVAL
+        """Take a farmer event: ``start``/``end``/``retry``/``returned`` of a worker, or ``tick``."""
+        kind = event[0]
+        if kind == "start":
+            self._running[event[1]] = (event[2], event[3], time.monotonic())
+        elif kind in {"end", "retry", "returned"}:
+            self._running.pop(event[1], None)
+        now = time.monotonic()
+        if self._live is not None and now >= self._next_refresh:
+            self._next_refresh = now + _REFRESH
+            self._counts = self._store.counts()
+            self._live.update(self._render())
+        elif self._live is None and not self._quiet and now >= self._next_line:
+            self._next_line = now + self._interval
+            self._counts = self._store.counts()
             self._stream.write(self.line() + "\n")
             self._stream.flush()
 
@@ -71,15 +81,40 @@ class Display:
         elapsed = time.monotonic() - self._started
         return (self._done - self._done_at_start) / elapsed if elapsed > 0 else 0.0
 
+    def _eta(self) -> str:
+        rate = self._rate()
+        left = self._counts.toprocess + self._counts.running
+        if not rate or not left:
+            return "-"
+        return _duration(left / rate)
+
     def line(self) -> str:
         """:returns: the progress as one plain line"""
-        left = max(self._total - self._done - self._running, 0)
+        counts = self._counts
         return (
-            f"pytaskfarmer: {self._done}/{self._total} done ({self._failed} failed), {self._running} running,"
-            f" {left} left, {self._rate():.1f} tasks/s"
+            f"pytaskfarmer: {self._done}/{counts.total} done ({counts.failed} failed), {counts.running} running,"
+            f" {counts.toprocess} left, {self._rate():.1f} tasks/s, ETA {self._eta()}"
         )
+
+    def _render(self) -> Group:
+        counts = self._counts
+        detail = (
+            f"[green]{counts.finished} finished[/] [red]{counts.failed} failed[/] {counts.running} running"
+            f" {counts.toprocess} left  {self._rate():.1f}/s  ETA {self._eta()}"
+        )
+        self._progress.update(self._bar, total=counts.total, completed=self._done, detail=detail)
+        table = Table(box=None, show_header=bool(self._running), pad_edge=False)
+        for column in ("worker", "task", "for", "command"):
+            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60 if column == "command" else None)
+        now = time.monotonic()
+        for worker, (task, command, started) in sorted(self._running.items())[:_RUNNING_SHOWN]:
+            table.add_row(str(worker), str(task), _duration(now - started), command)
+        return Group(self._progress, table)
 
     def close(self) -> None:
         """Stop drawing (restores the terminal)."""
-        if self._progress is not None:
-            self._progress.stop()
+        if self._live is not None:
+            self._running.clear()
+            self._counts = self._store.counts()
+            self._live.update(self._render())
+            self._live.stop()

@@ -145,6 +145,7 @@ class Farmer:
             self._start_worker(slot)
         while self.result.stopped is None:
             self._drain_events(_TICK)
+            self._listener(("tick",))
             if deadline is not None and time.monotonic() >= deadline:
                 self.result.stopped = StopReason.TIMEOUT
             if not self._drain.is_set() and self.store.drain_requested():

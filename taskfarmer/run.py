@@ -53,7 +53,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
         gpus=_gpus(args.gpus),
         log_mode=args.logs,
     )
-    display = Display(store.counts(), quiet=args.quiet)
+    display = Display(store, quiet=args.quiet)
     farmer = Farmer(store, options, listener=display.on_event)
     farmer.install_signal_handlers()
     started = time.monotonic()

@@ -168,7 +168,7 @@ def _text(report: StatusReport) -> str:
         ),
     ]
     if report.rate_per_s:
-        eta = f", ETA {_duration(report.eta_s)}" if report.eta_s else ""
+        eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s else ""
         lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
         f"  failed   task {f['task']} ({f['status']}): {str(f['command'])[:60]}  log: {f['log']}" for f in report.failed
@@ -177,8 +177,8 @@ def _text(report: StatusReport) -> str:
         lines.append(f"  ... and {report.failed_not_shown} more failed tasks: see {report.workdir}/failed")
     lines += [
         (
-            f"  running  task {r['task']} on {r['host']} worker {r['worker']} for {_duration(float(str(r['age_s'])))}:"
-            f" {str(r['command'])[:60]}"
+            f"  running  task {r['task']} on {r['host']} worker {r['worker']}"
+            f" for {format_duration(float(str(r['age_s'])))}: {str(r['command'])[:60]}"
         )
         for r in report.running
     ]
@@ -186,7 +186,8 @@ def _text(report: StatusReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """:returns: ``42s``, ``3m05s`` or ``2h07m``"""
     if seconds is None:
         return "?"
     minutes, secs = divmod(int(seconds), 60)
