@@ -95,6 +95,7 @@ class Farmer:
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self._drain = self._context.Event()
+        self._failures = self._context.Value("i", 0)  # failed tasks of this farm, counted by the workers
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -207,7 +208,7 @@ class Farmer:
             self.result.ran += 1
             self.result.failed += event[3] != "ok"
             limit = self.options.max_failures
-            if limit is not None and self.result.failed >= limit and self.result.stopped is None:
+            if limit is not None and self._failures.value >= limit and self.result.stopped is None:
                 self.result.stopped = StopReason.FAIL_FAST
         elif event[0] == "retry":
             self.result.retried += 1
@@ -230,9 +231,10 @@ class Farmer:
             policy=self.options.policy,
             environment=gpu_environment(self.options.gpus, slot),
             log_mode=self.options.log_mode,
+            max_failures=self.options.max_failures,
         )
         receiver, sender = self._context.Pipe(duplex=False)
-        args = (spec, self._stop, self._drain, sender)
+        args = (spec, self._stop, self._drain, self._failures, sender)
         worker = self._context.Process(target=worker_main, args=args, name=f"worker-{slot}")
         worker.start()
         sender.close()  # the worker holds the only sending end: EOF tells us it is gone

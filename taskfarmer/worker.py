@@ -26,6 +26,7 @@ from taskfarmer.watcher import STOP, TaskWatcher
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+    from multiprocessing.sharedctypes import Synchronized
     from multiprocessing.synchronize import Event
 
     from taskfarmer.config import Definition
@@ -62,16 +63,17 @@ class WorkerSpec:
     policy: TaskPolicy = field(default_factory=TaskPolicy)
     environment: tuple[tuple[str, str], ...] = ()  # for this slot only (GPU binding)
     log_mode: str = FILES
+    max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
 
 
-def worker_main(spec: WorkerSpec, stop: Event, drain: Event, events: Connection) -> None:
+def worker_main(spec: WorkerSpec, stop: Event, drain: Event, failures: Synchronized[int], events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
-    worker = Worker(spec, stop=stop, drain=drain, events=events)
+    worker = Worker(spec, stop=stop, drain=drain, failures=failures, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     code = worker.run()
     events.close()
@@ -81,10 +83,13 @@ def worker_main(spec: WorkerSpec, stop: Event, drain: Event, events: Connection)
 class Worker:
     """The claim -> run -> record loop of one worker slot."""
 
-    def __init__(self, spec: WorkerSpec, *, stop: Event, drain: Event, events: Connection) -> None:
+    def __init__(
+        self, spec: WorkerSpec, *, stop: Event, drain: Event, failures: Synchronized[int], events: Connection
+    ) -> None:
         self.spec = spec
         self._farm_stop = stop
         self._drain = drain
+        self._failures = failures
         self._events = events
         self._local_stop = threading.Event()
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
@@ -117,7 +122,9 @@ class Worker:
         return self._local_stop.is_set() or self._farm_stop.is_set() or os.getppid() != self.spec.parent_pid
 
     def _claim_next(self) -> bool:
-        return not (self.stopping() or self._drain.is_set())
+        limit = self.spec.max_failures
+        too_many = limit is not None and self._failures.value >= limit
+        return not (self.stopping() or self._drain.is_set() or too_many)
 
     def run(self) -> int:
         """Work until no task is left, a stop, or a drain.
@@ -136,6 +143,9 @@ class Worker:
                     self._send("returned", task.taskid, "")
                 return EXIT_STOPPED
             retry = self._should_retry(outcome)
+            if not (outcome.succeeded or retry):
+                with self._failures.get_lock():
+                    self._failures.value += 1
             _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
             task = self.store.finish_and_claim(
                 self.slot, outcome, claim_next=self._claim_next(), retry=retry, tasklist=tasklist

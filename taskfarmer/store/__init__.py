@@ -305,6 +305,10 @@ class WorkDir:
         """
         with self.locked():
             actions = self._finish_actions(slot, outcome, retry=retry)
+            if retry:
+                # The retry is pushed on toprocess: it must be there before the claim reads the top.
+                self._journal.commit(actions)
+                actions = []
             if not claim_next:
                 self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
                 return None

@@ -148,3 +148,15 @@ def test_lock_goes_to_scratch_when_set(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("TMPDIR", str(tmp_path / "node-local"))
     assert default_lock_path(tmp_path / "wd", None) == tmp_path / "wd" / ".lock"
     assert default_lock_path(tmp_path / "wd", tmp_path / "locks").parent == tmp_path / "locks"
+
+
+def test_a_retried_task_is_claimed_again_at_once_and_never_lost(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path, count=3)
+    task = store.claim(slot)
+    assert task is not None
+    failing = replace(slot, task=task.taskid, command=task.command, attempt=task.attempt)
+    again = store.finish_and_claim(failing, Outcome(1, 1.0, 2.0), claim_next=True, retry=True)
+    assert again is not None
+    assert (again.taskid, again.attempt) == (0, 2)
+    assert sorted(int(line.split()[0]) for line in store.toprocess.read_text().splitlines()) == [1, 2]
+    assert store.failed.read_text() == ""
