@@ -16,13 +16,21 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer import process
 from taskfarmer.logs import FILES
 from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
-from taskfarmer.worker import EXIT_DONE, FARMER_VARIABLE, SLOT_VARIABLE, TaskPolicy, WorkerSpec, worker_main
+from taskfarmer.worker import (
+    EXIT_DONE,
+    EXIT_STOPPED,
+    FARMER_VARIABLE,
+    SLOT_VARIABLE,
+    TaskPolicy,
+    WorkerSpec,
+    worker_main,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,6 +160,9 @@ class Farmer:
             if not self._drain.is_set() and self.store.drain_requested():
                 _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
                 self._drain.set()
+            if self._drain.is_set() and not self.record.draining:
+                self.record = replace(self.record, draining=True)
+                self.store.update_farmer(self.record)  # says so in farmers/, for `taskfarmer status`
             self._reap_workers()
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
@@ -250,7 +261,7 @@ class Farmer:
             if slot in self._pipes:
                 self._read_pipe(slot)  # its last events
                 self._pipes.pop(slot, None)
-            if worker.exitcode != EXIT_DONE and self.result.stopped is None:
+            if worker.exitcode not in (EXIT_DONE, EXIT_STOPPED) and self.result.stopped is None:
                 self._replace_dead_worker(slot, worker.exitcode)
 
     def _replace_dead_worker(self, slot: int, exitcode: int | None) -> None:

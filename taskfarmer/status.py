@@ -136,6 +136,8 @@ def _farmers(store: WorkDir) -> list[dict[str, object]]:
             state = f"late (no heartbeat for {age:.0f} s, lease {record.lease:.0f} s)"
         else:
             state = "alive"
+        if record.draining:
+            state += ", draining"
         farmers.append(
             {
                 "name": name,

@@ -254,6 +254,11 @@ class WorkDir:
         with self.locked():
             self._journal.commit([WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()), self._timeline_append(meta)])
 
+    def update_farmer(self, farmer: FarmerRecord) -> None:
+        """Rewrite a registered farmer's record (its state changed, e.g. it drains); also a heartbeat."""
+        with self.locked():
+            self._journal.commit([WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json())])
+
     def heartbeat(self, farmer: FarmerRecord) -> None:
         """Tell other hosts this farmer is alive."""
         path = self.farmers / farmer.name

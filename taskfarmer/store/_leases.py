@@ -39,9 +39,11 @@ def boot_id() -> str:
 
 
 def process_ctime(pid: int) -> float | None:
-    """:returns: the start time of process *pid*, or ``None`` when it does not exist"""
+    """:returns: the start time of process *pid*, or ``None`` when it does not exist or is a zombie"""
     try:
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        # A killed process stays a zombie until its parent (or init, which may be slow) reaps it: it is dead.
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
 
@@ -80,6 +82,7 @@ class FarmerRecord:
     started: float
     workers: int
     lease: float
+    draining: bool = False
 
     @classmethod
     def new(cls, *, workers: int, lease: float) -> FarmerRecord:

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotRecord, WorkDir, default_lock_path
@@ -160,3 +161,16 @@ def test_a_retried_task_is_claimed_again_at_once_and_never_lost(tmp_path: Path) 
     assert (again.taskid, again.attempt) == (0, 2)
     assert sorted(int(line.split()[0]) for line in store.toprocess.read_text().splitlines()) == [1, 2]
     assert store.failed.read_text() == ""
+
+
+def test_a_zombie_holder_is_dead(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path)
+    child = subprocess.Popen(["true"])
+    wait_until_zombie = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < wait_until_zombie:
+        time.sleep(0.01)
+    zombie = Holder.this_process()
+    zombie = replace(zombie, pid=child.pid, ctime=psutil.Process(child.pid).create_time())
+    assert store.claim(replace(slot, worker=1, holder=zombie)) is not None
+    assert len(store.recover_dead(me=farmer.name)) == 1
+    child.wait()

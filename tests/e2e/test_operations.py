@@ -1,0 +1,189 @@
+"""Operating a farm from outside: status of a busy workdir, drain, requeue, appended tasks, logs in both modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from taskfarmer.cli import main
+from taskfarmer.store import WorkDir
+from tests.helpers import LONG, cleanup, ids, lines, run_farmer, start_farmer, wait_for, write_tasklist
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _running(workdir: Path) -> list[int]:
+    if not (workdir / "running").exists():
+        return []
+    return [r.task for p in (workdir / "running").iterdir() if (r := WorkDir.read_slot(p)) is not None]
+
+
+def _status_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert main(["status", "--json", str(workdir)]) == 0
+    report: dict[str, object] = json.loads(capsys.readouterr().out)
+    return report
+
+
+def _farmer_states(workdir: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    farmers = _status_json(workdir, capsys)["farmers"]
+    assert isinstance(farmers, list)
+    return [str(farmer["state"]) for farmer in farmers]
+
+
+def test_status_while_two_farmers_run_and_one_is_killed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["exit 4", *["sleep 30"] * 6])
+    workdir = tmp_path / "t.txt_workdir"
+    first = start_farmer(tasklist, "-n", "2")
+    with cleanup(first):
+        wait_for(lambda: len(_running(workdir)) == 2 and len(lines(workdir / "failed")) == 1, what="farmer 1 busy")
+        second = start_farmer(tasklist, "-n", "2")
+        with cleanup(second):
+            wait_for(lambda: len(_running(workdir)) == 4, what="both farmers busy")
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=LONG)
+            report = _status_json(workdir, capsys)
+            assert report["tasks"] == {"total": 7, "toprocess": 2, "running": 4, "finished": 0, "failed": 1}
+            failed = report["failed"]
+            assert isinstance(failed, list)
+            assert failed[0]["status"] == "exit:4"
+            assert failed[0]["log"].endswith("logs/log_0")
+            running = report["running"]
+            assert isinstance(running, list)
+            assert {r["host"] for r in running} == {os.environ.get("SLURMD_NODENAME") or os.uname().nodename}
+            farmers = report["farmers"]
+            assert isinstance(farmers, list)
+            states = sorted(str(f["state"]) for f in farmers)
+            assert states == ["alive", "dead (process gone)"]
+            assert main(["status", str(workdir)]) == 0
+            text = capsys.readouterr().out
+            assert "7 tasks: 0 finished, 1 failed, 4 running, 2 to process" in text
+            assert "dead (process gone)" in text
+            os.kill(second.pid, signal.SIGTERM)
+            assert second.wait(timeout=LONG) == 3
+    # The stopped farmer also gave back the tasks of the dead one: nothing is lost.
+    assert sorted(ids(workdir / "toprocess")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_drain_lets_running_tasks_finish_and_claims_no_more(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gate = tmp_path / "gate"
+    done = tmp_path / "done"
+    task = f"while [ ! -e {gate} ]; do sleep 0.05; done; echo $PROC_NUMBER >> {done}"
+    tasklist = write_tasklist(tmp_path / "t.txt", [task] * 6)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "2")
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 2, what="two tasks running")
+        assert main(["drain", str(workdir)]) == 0
+        assert "created" in capsys.readouterr().out
+        wait_for(lambda: _farmer_states(workdir, capsys) == ["alive, draining"], what="the farmer to see the drain")
+        gate.touch()  # the running tasks may finish now; they must not be killed
+        _, stderr = farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3, stderr
+    assert "drained" in stderr
+    assert sorted(int(x) for x in lines(done)) == [0, 1]
+    assert sorted(ids(workdir / "toprocess")) == [2, 3, 4, 5]
+    assert run_farmer(tasklist).returncode == 3  # still draining: a new farmer claims nothing
+    assert sorted(int(x) for x in lines(done)) == [0, 1]
+    assert main(["drain", "--cancel", str(workdir)]) == 0
+    assert run_farmer(tasklist, "-n", "2").returncode == 0
+    assert sorted(int(x) for x in lines(done)) == list(range(6))
+
+
+def test_sigusr2_drains_one_farmer(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 1"] * 6)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "1")
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 1, what="a task running")
+        os.kill(farmer.pid, signal.SIGUSR2)
+        assert farmer.wait(timeout=LONG) == 3
+    assert len(ids(workdir / "finished")) == 1
+    assert len(ids(workdir / "toprocess")) == 5
+
+
+def test_requeue_failed_tasks_by_status_and_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flag = tmp_path / "fixed"
+    tasklist = write_tasklist(
+        tmp_path / "t.txt", [f"[ -e {flag} ] || exit 3", f"[ -e {flag} ] || exit 4", f"[ -e {flag} ] || exit 3", "true"]
+    )
+    workdir = tmp_path / "t.txt_workdir"
+    assert run_farmer(tasklist).returncode == 1
+    flag.touch()
+    assert main(["requeue", "--status", "exit:3", "--id", "0", str(workdir)]) == 0
+    assert "1 failed tasks" in capsys.readouterr().out
+    assert ids(workdir / "toprocess") == [0]
+    failed_order = ids(workdir / "failed")
+    assert sorted(failed_order) == [1, 2]
+    assert main(["requeue", "--status", "exit:*", str(workdir)]) == 0
+    assert ids(workdir / "toprocess") == [0, *reversed(failed_order)]  # the first of them on top: it runs first
+    assert run_farmer(tasklist).returncode == 0
+    assert sorted(ids(workdir / "finished")) == [0, 1, 2, 3]
+    assert main(["requeue", str(tmp_path)]) == 2  # not a work directory: one clear line
+
+
+def test_requeue_the_tasks_of_a_farmer_known_lost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 60"] * 2)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "2", "--lease", "3600")
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 2, what="two tasks running")
+        name = next(p.name for p in (workdir / "farmers").iterdir())
+        # A lost node: its farmer is frozen, not dead; only the user knows it will not come back.
+        os.killpg(farmer.pid, signal.SIGSTOP)
+        assert main(["requeue", "--farmer", name, str(workdir)]) == 0
+        assert f"2 tasks of farmer {name}" in capsys.readouterr().out
+        assert sorted(ids(workdir / "toprocess")) == [0, 1]
+        assert _running(workdir) == []
+        os.killpg(farmer.pid, signal.SIGKILL)
+
+
+def test_tasks_appended_while_a_farmer_runs_are_picked_up(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 0.3; echo $PROC_NUMBER >> {done}"] * 3)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "1")
+    with cleanup(farmer):
+        wait_for(lambda: len(lines(done)) >= 1, what="the first task done")
+        with tasklist.open("a") as handle:
+            handle.write(f"\necho $PROC_NUMBER >> {done}\necho $PROC_NUMBER >> {done}\n")
+        assert farmer.wait(timeout=LONG) == 0
+    assert sorted(int(x) for x in lines(done)) == [0, 1, 2, 4, 5]
+    assert sorted(ids(workdir / "finished")) == [0, 1, 2, 4, 5]
+
+
+@pytest.mark.parametrize("mode", ["files", "stream"])
+def test_log_command_prints_a_tasks_output_in_both_modes(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = [f"echo out of $PROC_NUMBER; echo err of $PROC_NUMBER >&2; exit {i % 2}" for i in range(40)]
+    tasklist = write_tasklist(tmp_path / "t.txt", tasks)
+    workdir = tmp_path / "t.txt_workdir"
+    assert run_farmer(tasklist, "-n", "3", "--logs", mode, "--retries", "1").returncode == 1
+    capsys.readouterr()
+    for taskid in (0, 7, 39):
+        result = subprocess.run(
+            [sys.executable, "-m", "taskfarmer", "log", str(workdir), str(taskid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"out of {taskid}\nerr of {taskid}\n"
+    assert main(["log", "--attempt", "2", str(workdir), "7"]) == 0
+    assert capsys.readouterr().out == "out of 7\nerr of 7\n"
+    files = sorted(p.name for p in (workdir / "logs").iterdir())
+    if mode == "stream":
+        assert len(files) <= 3  # one per worker, whatever the number of tasks
+        assert all(name.startswith("stream.") for name in files)
+    else:
+        assert len(files) == 40 + 20  # one per attempt: the 20 odd tasks ran twice
+    assert main(["log", str(workdir), "99"]) == 2
