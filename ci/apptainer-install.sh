@@ -97,10 +97,12 @@ install_apptainer() {
     work=$WORK
     deb=$(download_deb "$work/apt")
     dpkg-deb -x "$deb" "$work/root"
-    local libexec=$work/root/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
-    [[ -x $work/root/usr/bin/apptainer && -d $libexec/apptainer ]] || die "unexpected layout in $deb"
-    /usr/bin/python3 "$HERE/patch_isoc23.py" "$work/root/usr/bin/apptainer" "$libexec/apptainer/bin/starter" \
-        "$libexec/apptainer/lib/offsetpreload.so" || die "patching the binaries failed (see above)"
+    local starter libexec
+    starter=$(find "$work/root/usr/lib" -path '*/apptainer/bin/starter' -type f | head -n 1)
+    [[ -x $work/root/usr/bin/apptainer && -n $starter ]] || die "unexpected layout in $deb"
+    libexec=${starter%/bin/starter}
+    /usr/bin/python3 "$HERE/patch_isoc23.py" "$work/root/usr/bin/apptainer" "$starter" \
+        "$libexec/lib/offsetpreload.so" || die "patching the binaries failed (see above)"
     mkdir -p "$PREFIX"
     cp -a "$work/root/usr/." "$PREFIX/"
     cp -a "$work/root/etc/." "$PREFIX/etc/"
@@ -134,6 +136,7 @@ main() {
     if [[ $(id -u) -eq 0 ]]; then export APPTAINER_USERNS=1; fi
     PATH=$PREFIX/bin:$PATH "$HERE/apptainer-image.sh" "$PREFIX/images" >&2
     log "done in $(awk -v a="$STARTED" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+    # shellcheck disable=SC2016  # $PATH is for the caller's eval to expand
     printf 'export PATH=%q:"$PATH"\n' "$PREFIX/bin"
     if [[ $(id -u) -eq 0 ]]; then echo 'export APPTAINER_USERNS=1'; fi
     printf 'export TASKFARMER_TEST_SANDBOX=%q\n' "$PREFIX/images/sandbox"

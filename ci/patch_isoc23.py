@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from elftools.common.exceptions import ELFError  # type: ignore[import-not-found,import-untyped,unused-ignore]
 from elftools.elf.elffile import ELFFile  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def main(argv: list[str]) -> int:
     for path in argv:
         try:
             names = patch(path)
-        except (PatchError, OSError, ValueError) as exc:  # ValueError: a malformed ELF file
+        except (PatchError, OSError, ValueError, ELFError) as exc:  # ValueError, ELFError: not a sound ELF file
             sys.stderr.write(f"patch_isoc23: cannot patch {path}: {exc}\n")
             status = 1
             continue

@@ -13,7 +13,10 @@ import ctypes
 import logging
 import os
 import signal
+import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
@@ -21,13 +24,14 @@ import psutil
 
 if TYPE_CHECKING:
     import resource
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 _LOGGER: Final = logging.getLogger(__name__)
 _PR_SET_CHILD_SUBREAPER: Final = 36
 DEFAULT_GRACE: Final = 5.0
 _KILL_WAIT: Final = 5.0
 _POLL: Final = 0.02
+_TAIL: Final = 300
 
 
 def become_subreaper() -> bool:
@@ -81,6 +85,50 @@ def start(
         argv = ["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd, *argv]
     pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
     return TaskProcess(pid)
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """How a helper command ended: its exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def tail(self) -> str:
+        """:returns: the last line of stderr (else stdout), shortened, for one-line messages"""
+        text = (self.stderr.strip() or self.stdout.strip() or "no output").splitlines()[-1]
+        return text[-_TAIL:]
+
+
+def run_tool(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> ToolResult:
+    """Run a helper command (an engine's probe, ``pixi shell-hook``...) to its end, killing its group at the deadline.
+
+    Output goes to temporary files, not pipes: a grandchild that outlives a killed command (a hanging module's
+    ``sleep``) would hold a pipe open, and the wait would never end.
+
+    :raises subprocess.TimeoutExpired: when it runs longer than *timeout* seconds (its process group is killed)
+    :raises OSError: when it cannot be started
+    """
+    _LOGGER.info("running %s", list(argv))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(  # noqa: S603  # argv is built from a runner's validated options
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+        )
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        _LOGGER.debug("%s exited with %d", argv[0], returncode)
+        return ToolResult(returncode, _read(out), _read(err))
+
+
+def _read(handle: IO[bytes]) -> str:
+    handle.seek(0)
+    return handle.read().decode(errors="replace")
 
 
 def kill_tree(processes: list[psutil.Process], *, grace: float = DEFAULT_GRACE) -> None:

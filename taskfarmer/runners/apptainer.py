@@ -14,27 +14,23 @@ own environment, as they do for every other runner.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from taskfarmer import process
-from taskfarmer.errors import ConfigError, EngineNotFoundError
+from taskfarmer.errors import ConfigError
 from taskfarmer.runners.base import TASK_KEY_VARIABLE, CommandRunner
+from taskfarmer.runners.engine import DEFAULT_PROBE_TIMEOUT, require_engine, runner_label
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 _LOGGER: Final = logging.getLogger(__name__)
-DEFAULT_PROBE_TIMEOUT: Final = 10.0
 # Image sources Apptainer and Singularity read as URIs; anything else is a local SIF file or sandbox directory.
 URI_SCHEMES: Final = frozenset(
     {"docker", "docker-archive", "docker-daemon", "oci", "oci-archive", "oras", "library", "shub", "http", "https"}
@@ -44,7 +40,6 @@ CLEANING_OPTIONS: Final = frozenset({"-e", "--cleanenv", "-C", "--containall", "
 # The variables a task gets from the farmer (besides `variables`), passed explicitly into a clean environment.
 TASK_VARIABLES: Final = ("PROC_NUMBER",)
 TASK_VARIABLE_PREFIX: Final = "TASKFARMER_"
-_ADVICE: Final = "Load the module that provides it, or pick another runner with --runner."
 
 
 @dataclass(frozen=True)
@@ -60,77 +55,14 @@ class Engine:
         return self.version.split(" ", 1)[0] if self.version else "unknown"
 
 
-def runner_label(kind: str, name: str) -> str:
-    """Name a runner for messages: ``apptainer runner [gpu]``, or ``apptainer runner`` without a name."""
-    return f"{kind} runner [{name}]" if name else f"{kind} runner"
-
-
 def find_engine(candidates: Sequence[str], *, label: str, timeout: float = DEFAULT_PROBE_TIMEOUT) -> Engine:
-    """Find the first of *candidates* (names or paths) that exists, and check that it answers ``--version``.
-
-    A candidate that exists but does not answer is an error, not a reason to try the next one: a broken
-    ``apptainer`` module is better reported than silently replaced by another engine.
+    """Find the first of *candidates* on PATH that answers ``--version`` (see :func:`engine.require_engine`).
 
     :param label: the runner, as messages name it
     :raises EngineNotFoundError: none exists, or the first that exists hangs, fails or cannot run
     """
-    for candidate in candidates:
-        path = shutil.which(candidate)
-        if path is None:
-            continue
-        try:
-            return Engine(path, _version(path, timeout))
-        except _ProbeError as exc:
-            msg = (
-                f"The {label} needs '{candidate}', but {path} does not work ('{candidate} --version' {exc}). {_ADVICE}"
-            )
-            raise EngineNotFoundError(msg) from None
-    names = "' or '".join(candidates)
-    msg = f"The {label} needs the '{names}' executable, but it is not on PATH. {_ADVICE}"
-    raise EngineNotFoundError(msg)
-
-
-class _ProbeError(Exception):
-    """The engine's ``--version`` failed; the message says how."""
-
-
-@functools.lru_cache(maxsize=16)
-def _version(path: str, timeout: float) -> str:
-    """Return the first line of ``path --version`` (cached: an engine answers once per process).
-
-    :raises _ProbeError: when it hangs, fails or cannot be started (not cached: the next call probes again)
-    """
-    try:
-        returncode, output = _run_probe([path, "--version"], timeout)
-    except subprocess.TimeoutExpired:
-        msg = f"did not answer within {timeout:g} s"
-        raise _ProbeError(msg) from None
-    except OSError as exc:
-        msg = f"cannot be run: {exc.strerror or exc}"
-        raise _ProbeError(msg) from None
-    shown = output.strip().splitlines() or ["no output"]
-    if returncode != 0:
-        msg = f"exited with status {returncode}: {shown[-1][-300:]}"
-        raise _ProbeError(msg)
-    return shown[0].strip()
-
-
-def _run_probe(argv: list[str], timeout: float) -> tuple[int, str]:
-    # Output to a file, not a pipe, and the whole group killed at the deadline: a wrapper script's child that
-    # outlives it (a hanging module's `sleep`) would otherwise hold the pipe open and the wait would never end.
-    with tempfile.TemporaryFile() as output:
-        proc = subprocess.Popen(  # noqa: S603  # the path of an engine found on PATH
-            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        output.seek(0)
-        return returncode, output.read().decode(errors="replace")
+    found = require_engine(candidates, runner=label, probe=["--version"], timeout=timeout)
+    return Engine(found.path, found.answer)
 
 
 @functools.lru_cache(maxsize=16)

@@ -33,7 +33,7 @@ from filelock import FileLock, Timeout
 from taskfarmer import process
 from taskfarmer.errors import ConfigError, EngineNotFoundError, TaskFarmerError, WorkDirError
 from taskfarmer.runners.base import CommandRunner
-from taskfarmer.runners.shifter import DEFAULT_PROBE_TIMEOUT, require_engine, run_tool, runner_label
+from taskfarmer.runners.engine import DEFAULT_PROBE_TIMEOUT, require_engine, runner_label
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -143,7 +143,7 @@ class PixiRunner(CommandRunner):
         """
         del workdir  # the environment lives in the project or the node's cache, not in the work directory
         if self.manifest is not None:
-            require_engine("pixi", runner=self.label, probe=["--version"], timeout=self.probe_timeout)
+            require_engine(["pixi"], runner=self.label, probe=["--version"], timeout=self.probe_timeout)
         self.prepare()
 
     def prepare(self) -> None:
@@ -169,7 +169,7 @@ class PixiRunner(CommandRunner):
         argv = self.shell_hook_command()
         what = f"The {self.label} cannot enter environment '{self.environment_name}' of {self.manifest}"
         try:
-            result = run_tool(argv, timeout=self.prepare_timeout)
+            result = process.run_tool(argv, timeout=self.prepare_timeout)
         except subprocess.TimeoutExpired as exc:
             msg = f"{what}: '{shlex.join(argv)}' took more than {self.prepare_timeout:g} s. Raise prepare_timeout."
             raise ConfigError(msg) from exc
@@ -295,7 +295,7 @@ def _unpack_fresh(runner: PixiRunner, pack: Path, target: Path) -> None:
         _extract_plain_tar(runner, pack, target)
     else:
         if argv[0] == "pixi-unpack":
-            require_engine("pixi-unpack", runner=runner.label, probe=["--version"], timeout=runner.probe_timeout)
+            require_engine(["pixi-unpack"], runner=runner.label, probe=["--version"], timeout=runner.probe_timeout)
         _run_unpacker(runner, argv, pack)
     if not (target / ACTIVATE).is_file():
         shutil.rmtree(target, ignore_errors=True)
@@ -322,7 +322,7 @@ def _run_unpacker(runner: PixiRunner, argv: list[str], pack: Path) -> None:
     # `mktemp -d` it never removes, and a killed pixi-unpack leaves its own temporary directory behind.
     scratch = tempfile.mkdtemp(prefix=".unpack-", dir=runner.cache)
     try:
-        result = run_tool(argv, timeout=runner.prepare_timeout, env={**os.environ, "TMPDIR": scratch})
+        result = process.run_tool(argv, timeout=runner.prepare_timeout, env={**os.environ, "TMPDIR": scratch})
     except subprocess.TimeoutExpired as exc:
         msg = f"The {runner.label} could not unpack {pack} within {runner.prepare_timeout:g} s. Raise prepare_timeout."
         raise ConfigError(msg) from exc

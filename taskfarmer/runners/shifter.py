@@ -1,122 +1,21 @@
-"""Shifter (NERSC): each task in a container, ``shifter --image=docker:IMG ... -- /bin/bash -c SCRIPT``.
-
-Also home of the engine discovery helpers the other command-line engines use: :func:`require_engine` (on PATH
-and answers a probe in time) and :func:`run_tool` (a short helper command with a deadline).
-"""
+"""Shifter (NERSC): each task in a container, ``shifter --image=docker:IMG ... -- /bin/bash -c SCRIPT``."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final
 
 from taskfarmer import process
-from taskfarmer.errors import EngineNotFoundError
 from taskfarmer.runners.base import CommandRunner
+from taskfarmer.runners.engine import DEFAULT_PROBE_TIMEOUT, require_engine, runner_label
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-_LOGGER: Final = logging.getLogger(__name__)
-DEFAULT_PROBE_TIMEOUT: Final = 10.0
 # Image types Shifter knows; anything else is a Docker reference ("ubuntu:22.04", "registry:5000/img:tag").
 IMAGE_TYPES: Final = ("docker", "custom", "id", "local")
 # Shifter refuses bind targets there (its udiRoot owns them).
 FORBIDDEN_TARGETS: Final = ("/dev", "/etc", "/proc", "/var")
-_TAIL: Final = 300
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """How a helper command ended: its exit status and its output."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def tail(self) -> str:
-        """Give the last line of stderr (else stdout), shortened, for one-line messages."""
-        text = (self.stderr.strip() or self.stdout.strip() or "no output").splitlines()[-1]
-        return text[-_TAIL:]
-
-
-def run_tool(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None) -> ToolResult:
-    """Run a helper command (an engine's probe, ``pixi shell-hook``...) to its end, killing its group at the deadline.
-
-    Output goes to temporary files, not pipes: a grandchild that outlives a killed command cannot block us.
-
-    :raises subprocess.TimeoutExpired: when it runs longer than *timeout* seconds (its process group is killed)
-    :raises OSError: when it cannot be started
-    """
-    _LOGGER.info("running %s", list(argv))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(  # noqa: S603  # argv is built from the runner's validated options
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
-        )
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        _LOGGER.debug("%s exited with %d", argv[0], returncode)
-        return ToolResult(returncode, _read(out), _read(err))
-
-
-def _read(handle: IO[bytes]) -> str:
-    handle.seek(0)
-    return handle.read().decode(errors="replace")
-
-
-def require_engine(executable: str, *, runner: str, probe: Sequence[str], timeout: float) -> str:
-    """Find an engine's executable on PATH and check that it answers ``executable *probe`` within *timeout*.
-
-    :param runner: the runner, as messages name it (``shifter runner [mcc]``)
-    :returns: the executable's path
-    :raises EngineNotFoundError: not on PATH, or the probe fails, hangs or cannot start
-    """
-    path = shutil.which(executable)
-    advice = "Load the module that provides it, or pick another runner with --runner."
-    if path is None:
-        msg = f"The {runner} needs the '{executable}' executable, but it is not on PATH. {advice}"
-        raise EngineNotFoundError(msg)
-    problem = _probe(path, tuple(probe), timeout)
-    if problem is not None:
-        shown = " ".join([executable, *probe])
-        msg = f"The {runner} needs the '{executable}' executable, but {path} does not work ('{shown}' {problem})."
-        raise EngineNotFoundError(f"{msg} {advice}")
-    return path
-
-
-@functools.lru_cache(maxsize=32)
-def _probe(path: str, probe: tuple[str, ...], timeout: float) -> str | None:
-    """Run ``path *probe`` once per process and path.
-
-    :returns: ``None`` when it exits 0 within *timeout*, else what went wrong
-    """
-    try:
-        result = run_tool([path, *probe], timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"did not answer within {timeout:g} s"
-    except OSError as exc:
-        return f"cannot be run: {exc.strerror or exc}"
-    if result.returncode != 0:
-        return f"exited with status {result.returncode}: {result.tail()}"
-    return None
-
-
-def runner_label(kind: str, name: str) -> str:
-    """Name a runner for messages: ``shifter runner [mcc]``, or ``shifter runner`` without a name."""
-    return f"{kind} runner [{name}]" if name else f"{kind} runner"
 
 
 class ShifterRunner(CommandRunner):
@@ -209,7 +108,7 @@ class ShifterRunner(CommandRunner):
         """
         del workdir  # nothing of Shifter lives there
         require_engine(
-            "shifter", runner=runner_label("shifter", self.name), probe=["--help"], timeout=self.probe_timeout
+            ["shifter"], runner=runner_label("shifter", self.name), probe=["--help"], timeout=self.probe_timeout
         )
 
 

@@ -237,5 +237,5 @@ def test_singularity_runner_is_shipped(taskfarmer_home: Path) -> None:
     (taskfarmer_home / "runners.d" / "s.ini").write_text(f"[s]\nRunner = SingularityRunner\nimage = {SIF}\n")
     runner, _ = config.build_runner(config.runner_catalog().get("s"))
     assert isinstance(runner, SingularityRunner)
-    assert runner.label == "singularity runner"
+    assert runner.label == "singularity runner [s]"  # the farmer gives the INI name
     assert ApptainerRunner(image=SIF, name="gpu").label == "apptainer runner [gpu]"
