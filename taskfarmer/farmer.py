@@ -92,11 +92,20 @@ class FarmerResult:
 class Farmer:
     """Runs a tasklist with N worker processes until it is done or told to stop."""
 
-    def __init__(self, store: WorkDir, options: FarmerOptions, *, listener: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(
+        self,
+        store: WorkDir,
+        options: FarmerOptions,
+        *,
+        listener: Callable[[tuple[Any, ...]], None],
+        runner: object = None,
+    ) -> None:
         """:param listener: receives the workers' events: ``("start", worker, taskid, command)`` and
         ``("end", worker, taskid, status)``
+        :param runner: the runner built in this process, whose ``cleanup`` removes what dead workers left behind
         """
         self.store = store
+        self._runner = runner
         self.options = options
         self.record = FarmerRecord.new(workers=options.processes, lease=options.lease)
         self._listener = listener
@@ -267,6 +276,7 @@ class Farmer:
     def _replace_dead_worker(self, slot: int, exitcode: int | None) -> None:
         _LOGGER.warning("worker %d died (exit status %s): its task goes back to the queue", slot, exitcode)
         process.kill_marked(SLOT_VARIABLE, f"{self.record.name}.{slot}", grace=self.options.grace)
+        self._cleanup_runner()
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         now = time.monotonic()
         deaths = [t for t in self._deaths.get(slot, []) if now - t < _RESPAWN_WINDOW] + [now]
@@ -276,6 +286,14 @@ class Farmer:
             self.result.stopped = StopReason.WORKERS_FAILING
             return
         self._start_worker(slot)
+
+    def _cleanup_runner(self) -> None:
+        cleanup = getattr(self._runner, "cleanup", None)  # PyTaskFarmer runners have none
+        if cleanup is not None:
+            try:
+                cleanup(workdir=self.store.path)
+            except Exception:  # a user's runner failing to clean up must not stop the farm from stopping cleanly
+                _LOGGER.exception("the runner's cleanup failed")
 
     # -- stopping ---------------------------------------------------------------------------------------------------
 
@@ -294,6 +312,7 @@ class Farmer:
             worker.join()
         self._workers.clear()
         process.kill_marked(FARMER_VARIABLE, self.record.name, grace=grace)
+        self._cleanup_runner()
         self._drain_events(0)
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         self.store.unregister(self.record)

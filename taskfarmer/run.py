@@ -54,7 +54,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
         log_mode=args.logs,
     )
     display = Display(store, quiet=args.quiet)
-    farmer = Farmer(store, options, listener=display.on_event)
+    farmer = Farmer(store, options, listener=display.on_event, runner=runner_object)
     farmer.install_signal_handlers()
     started = time.monotonic()
     try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -145,11 +148,21 @@ def _command_probe(argv: list[str]) -> str | None:
     return None if result.returncode == 0 else f"{argv[0]} failed: {result.stderr.strip()[:200]}"
 
 
+@functools.cache
 def _docker_probe() -> str | None:
     try:
         import docker  # noqa: PLC0415  # only for engine tests
 
-        docker.from_env(timeout=10).ping()
+        client = docker.from_env(timeout=10)
+        try:
+            client.ping()
+        finally:
+            client.close()
     except Exception as exc:  # noqa: BLE001  # any failure means "not usable"
         return f"no Docker API engine answers ({exc.__class__.__name__}: {str(exc)[:200]})"
+    finally:
+        # docker-py leaves a failed connection's socket in a reference cycle: collect it now, not at session end.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
     return None

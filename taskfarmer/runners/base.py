@@ -69,6 +69,14 @@ class Runner:
         :raises TaskFarmerError: (a subclass) when the runner cannot work
         """
 
+    def cleanup(self, *, workdir: Path) -> None:
+        """Remove what dead workers of this farm left outside their process tree (containers), in the main process.
+
+        Called when a worker died and when the farmer stops; a task's own processes are already killed then.
+
+        :param workdir: the work directory of the farm
+        """
+
 
 class CommandRunner(Runner):
     """A runner that executes each task as ``bash -c SCRIPT``, possibly wrapped in an engine's command line.

@@ -1,4 +1,3 @@
-# ruff: noqa: CPY001  # the project carries its license in pyproject.toml, not in per-file notices
 """DockerRunner: each task in a new container of an image, through the ``docker`` SDK.
 
 It speaks the Docker API, so it works against Docker Engine and against Podman's compatible socket alike: the
@@ -27,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-import psutil
-
 from taskfarmer import process
 from taskfarmer.errors import ConfigError, EngineNotFoundError
 from taskfarmer.runners.base import CommandRunner
+from taskfarmer.runners.engine import runner_label
 from taskfarmer.store._leases import Holder, boot_id, host_name
 
 if TYPE_CHECKING:
@@ -52,6 +50,7 @@ EXIT_KILLED: Final = 137  # 128 + SIGKILL, as the engine reports a killed contai
 USER_OF_IMAGE: Final = "image"
 NO_ENTRYPOINT: Final = "none"
 PREFLIGHT_TASK: Final = "preflight"
+GPU_VARIABLE: Final = "TASKFARMER_GPU"  # the GPU of the worker, with --gpus
 _PASSED_PREFIX: Final = "TASKFARMER_"
 _PASSED_NAMES: Final = frozenset({"PROC_NUMBER"})
 _NAME_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -88,7 +87,8 @@ class DockerRunner(CommandRunner):
     :param memory: memory limit of each container, e.g. ``4g`` or ``512m`` (``str``, default: no limit)
     :param cpus: CPU limit of each container, e.g. ``1.5`` (``float``, default: ``0``, no limit)
     :param gpus: GPUs for each container, as ``docker run --gpus``: ``all``, a count (``2``), or
-        ``device=0,1`` (``str``, default: none)
+        ``device=0,1`` (``str``, default: none; with the farmer's ``--gpus``, the GPU the worker is bound to,
+        which the task then sees as its only GPU)
     :param network: the network mode (``str``, default: ``host``: the task sees the node's network exactly as a
         task of the basic runner does, with no per-container network set-up and no NAT between the task and the
         cluster's services; engines started without a bridge, as on many HPC nodes, have only ``host`` and
@@ -106,6 +106,7 @@ class DockerRunner(CommandRunner):
         working directory unless ``workdir`` is set; ``true``, a parent directory, or ``false`` (``str``,
         default: ``false``)
     :param grace: seconds between SIGTERM and SIGKILL when a task is stopped (``float``, default: ``5``)
+    :param name: the runner's name (its INI section) for messages; the farmer gives it, not the INI file
     """
 
     def __init__(  # noqa: PLR0913  # one keyword argument per documented INI option
@@ -128,8 +129,9 @@ class DockerRunner(CommandRunner):
         base_url: str = "",
         tempdir: str = "false",
         grace: float = process.DEFAULT_GRACE,
+        name: str = "",
     ) -> None:
-        super().__init__(setup=setup, variables=variables, tempdir=tempdir, grace=grace, shell=shell)
+        super().__init__(setup=setup, variables=variables, tempdir=tempdir, grace=grace, shell=shell, name=name)
         self.image = _checked_image(image)
         self.volumes = [parse_volume(volume) for volume in volumes or []]
         self.workdir = _checked_container_path(workdir.strip(), "workdir") if workdir.strip() else ""
@@ -152,7 +154,7 @@ class DockerRunner(CommandRunner):
 
     # -- pure parts: what runs, and how the container is described ---------------------------------------------------
 
-    def container_spec(
+    def container_spec(  # noqa: PLR0913  # a pure function: every input is an argument
         self,
         script: str,
         *,
@@ -160,6 +162,7 @@ class DockerRunner(CommandRunner):
         labels: Mapping[str, str],
         environment: Mapping[str, str],
         tempdir: str | None = None,
+        gpu: str = "",
     ) -> dict[str, Any]:
         """Describe one task's container (pure: no I/O, no engine).
 
@@ -168,6 +171,8 @@ class DockerRunner(CommandRunner):
         :param labels: the container's labels (see :func:`task_labels`)
         :param environment: the task's environment (see :meth:`environment`)
         :param tempdir: the task's host temporary directory, bind-mounted at the same path
+        :param gpu: the GPU the farmer bound this worker to (``--gpus``): the container gets it, unless ``gpus``
+            says which GPUs it gets
         :returns: the keyword arguments of ``client.containers.create`` (or ``run``)
         """
         spec: dict[str, Any] = {
@@ -188,7 +193,7 @@ class DockerRunner(CommandRunner):
             "entrypoint": self.entrypoint,
             "mem_limit": self.memory,
             "nano_cpus": round(self.cpus * 1e9),
-            "device_requests": self.device_requests,
+            "device_requests": self.device_requests or parse_gpus(f"device={gpu}" if gpu else ""),
         }
         spec.update({key: value for key, value in optional.items() if value})
         return spec
@@ -220,7 +225,12 @@ class DockerRunner(CommandRunner):
         workdir = os.environ.get("TASKFARMER_WORKDIR", "")
         labels = task_labels(holder, workdir=workdir, task=str(taskid))
         spec = self.container_spec(
-            self.script(command), name=name, labels=labels, environment=self.environment(), tempdir=tempdir
+            self.script(command),
+            name=name,
+            labels=labels,
+            environment=self.environment(),
+            tempdir=tempdir,
+            gpu=os.environ.get(GPU_VARIABLE, ""),
         )
         current = _Current(name)
         with self._lock:
@@ -230,7 +240,7 @@ class DockerRunner(CommandRunner):
         except _engine_errors() as exc:
             if current.terminated:
                 return EXIT_KILLED
-            logfh.write(f"pytaskfarmer: DockerRunner cannot run the task in image {self.image}: {_reason(exc)}\n")
+            logfh.write(f"pytaskfarmer: {self.label} cannot run the task in image {self.image}: {_reason(exc)}\n")
             return EXIT_ENGINE_FAILED
         finally:
             with self._lock:
@@ -301,6 +311,11 @@ class DockerRunner(CommandRunner):
             self._holders[pid] = Holder.this_process()
         return self._holders[pid]
 
+    @property
+    def label(self) -> str:
+        """Name the runner for messages: ``docker runner [reco]``, or ``docker runner`` without a name."""
+        return runner_label("docker", self.name)
+
     def engine_address(self) -> str:
         """Say where the engine is looked for, for messages."""
         if self.base_url:
@@ -324,6 +339,11 @@ class DockerRunner(CommandRunner):
             remove_leftovers(self.client(), workdir=str(Path(workdir).resolve()))
         self._probe(workdir)
 
+    def cleanup(self, *, workdir: Path) -> None:
+        """Remove the containers of this work directory whose worker died (the farmer's main process calls it)."""
+        with contextlib.suppress(*_engine_errors()):
+            remove_leftovers(self.client(), workdir=str(Path(workdir).resolve()))
+
     def _ping(self) -> None:
         try:
             self.client().ping()
@@ -331,7 +351,7 @@ class DockerRunner(CommandRunner):
             with self._client_lock:
                 self._client = None
             msg = (
-                f"DockerRunner: no Docker API engine answers at {self.engine_address()} ({_reason(exc)}). Start one"
+                f"{self.label}: no Docker API engine answers at {self.engine_address()} ({_reason(exc)}). Start one"
                 " (dockerd, or `podman system service`) and point DOCKER_HOST or the runner's base_url at its socket,"
                 " or pick another runner with --runner."
             )
@@ -342,7 +362,7 @@ class DockerRunner(CommandRunner):
         try:
             yield
         except _engine_errors() as exc:
-            msg = f"DockerRunner: the engine at {self.engine_address()} failed while {what}: {_reason(exc)}."
+            msg = f"{self.label}: the engine at {self.engine_address()} failed while {what}: {_reason(exc)}."
             raise EngineNotFoundError(msg) from exc
 
     def _ensure_image(self) -> None:
@@ -355,7 +375,7 @@ class DockerRunner(CommandRunner):
         except docker.errors.ImageNotFound as exc:
             if self.pull == "never":
                 msg = (
-                    f"DockerRunner: image '{self.image}' is not on the engine at {self.engine_address()}, and"
+                    f"{self.label}: image '{self.image}' is not on the engine at {self.engine_address()}, and"
                     " pull = never. Pull, build or load it there (docker pull / docker load), or set pull = missing."
                 )
                 raise ConfigError(msg) from exc
@@ -368,7 +388,7 @@ class DockerRunner(CommandRunner):
             self.client().images.pull(self.image)
         except (docker.errors.APIError, docker.errors.ImageNotFound) as exc:  # a missing image is an APIError 500
             msg = (
-                f"DockerRunner: image '{self.image}' cannot be pulled to the engine at {self.engine_address()}"
+                f"{self.label}: image '{self.image}' cannot be pulled to the engine at {self.engine_address()}"
                 f" ({_reason(exc)}), and pull = {self.pull}. Check the image name and the registry login"
                 " (docker login), or load the image there and set pull = never."
             )
@@ -386,9 +406,9 @@ class DockerRunner(CommandRunner):
             status, output = EXIT_ENGINE_FAILED, _reason(exc)
         if status != 0:
             msg = (
-                f"DockerRunner: a container of image '{self.image}' cannot run the task shell"
-                f" `{self.shell} -c` (exit status {status}: {output or 'no output'}). Set shell = /bin/sh (or a"
-                " shell the image has) in the runner's INI section, or check its user, entrypoint, volumes and gpus."
+                f"{self.label}: a container of image '{self.image}' cannot run the task shell `{self.shell} -c`"
+                f" (exit status {status}: {output or 'no output'}). Set shell = /bin/sh for an image without bash"
+                " (busybox, alpine), or check the runner's user, entrypoint, volumes, network, gpus, memory and cpus."
             )
             raise ConfigError(msg)
 
@@ -420,10 +440,8 @@ def task_labels(holder: Holder, *, workdir: str, task: str) -> dict[str, str]:
 def holder_from_labels(labels: Mapping[str, str]) -> Holder | None:
     """Read the worker process that owns a container from its labels (``None``: not one of ours, or damaged)."""
     try:
-        return Holder(
-            host=labels[LABEL_HOST], boot=labels.get(LABEL_BOOT, ""), pid=int(labels[LABEL_PID]),
-            ctime=float(labels[LABEL_CTIME]),
-        )  # fmt: skip
+        pid, ctime = int(labels[LABEL_PID]), float(labels[LABEL_CTIME])
+        return Holder(host=labels[LABEL_HOST], boot=labels.get(LABEL_BOOT, ""), pid=pid, ctime=ctime)
     except (KeyError, ValueError):
         return None
 
@@ -432,16 +450,7 @@ def holder_is_dead(holder: Holder) -> bool:
     """Tell whether the owner of a container is provably dead: on this host, and rebooted since or gone."""
     if holder.host != host_name():
         return False  # another host's farmer: only its own host can tell, or its lease in the work directory
-    return holder.boot != boot_id() or not holder.is_alive_locally() or _is_zombie(holder.pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    # A worker killed with its farmer stays a zombie until PID 1 reaps it, which takes long where PID 1 is no real
-    # init (containers, some CI machines): it is dead all the same.
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return True
+    return holder.boot != boot_id() or not holder.is_alive_locally()  # a zombie worker counts as dead
 
 
 def container_name(holder: Holder, taskid: int, token: str) -> str:
@@ -454,16 +463,19 @@ def remove_leftovers(client: Any, *, workdir: str) -> list[str]:  # noqa: ANN401
 
     :returns: the names of the containers removed
     """
-    docker = _docker()
+    # The low-level list: ``containers.list()`` inspects each container it lists, and fails when another farmer
+    # removes one in between.
+    listed = client.api.containers(all=True, filters={"label": f"{LABEL_WORKDIR}={workdir}"})
     removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_WORKDIR}={workdir}"}):
-        holder = holder_from_labels(container.labels)
+    for entry in listed:
+        holder = holder_from_labels(entry.get("Labels") or {})
         if holder is None or not holder_is_dead(holder):
             continue
-        _LOGGER.warning("removing container %s of a dead farmer (%s PID %d)", container.name, holder.host, holder.pid)
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):  # another farmer was faster
-            container.remove(force=True)
-            removed.append(str(container.name))
+        name = ",".join(n.lstrip("/") for n in entry.get("Names") or []) or entry["Id"][:12]
+        _LOGGER.warning("removing container %s of a dead farmer (%s PID %d)", name, holder.host, holder.pid)
+        with contextlib.suppress(*_engine_errors()):  # another farmer was faster
+            client.api.remove_container(entry["Id"], force=True)
+            removed.append(name)
     return removed
 
 
@@ -619,8 +631,15 @@ def _reason(exc: BaseException) -> str:
         if id(error) in seen:
             continue
         seen.add(id(error))
-        if isinstance(error, OSError) and error.strerror:
+        if isinstance(error, OSError) and isinstance(error.strerror, str) and error.strerror:
             return error.strerror
+        explanation = getattr(error, "explanation", None)  # the engine's own message, in an APIError
+        if isinstance(explanation, str) and explanation.strip():
+            return _shortened(explanation)
         todo.extend(e for e in (error.__cause__, error.__context__, *error.args) if isinstance(e, BaseException))
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+    return _shortened(str(exc)) or type(exc).__name__
+
+
+def _shortened(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _REASON_MAX else line[: _REASON_MAX - 3] + "..."
