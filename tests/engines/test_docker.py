@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import psutil
 import pytest
 
 from tests.helpers import LONG, cleanup, ids, lines, run_farmer, start_farmer, wait_for, write_tasklist
@@ -250,10 +249,7 @@ def test_kill_9_then_restart_removes_the_leftovers_and_finishes(
         farmer.communicate(timeout=LONG)
     leftovers = _running_containers(client, workdir)
     assert len(leftovers) == 2, "the engine keeps the containers of a farmer killed with kill -9"
-    # The killed workers stay zombies until init reaps them; the store presumes a task's holder alive until then.
-    workers = [int(c["Labels"]["taskfarmer.pid"]) for c in leftovers]
-    wait_for(lambda: not any(psutil.pid_exists(pid) for pid in workers), what="the killed workers reaped")
-    (out / "go").touch()
+    (out / "go").touch()  # the killed workers may still be zombies: the restart must treat them as dead anyway
     result = run_farmer(tasklist, "-r", "bb", "-n", "2")
     assert result.returncode == 0, result.stderr
     assert sorted(ids(workdir / "finished")) == [0, 1, 2]
