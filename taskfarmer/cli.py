@@ -141,6 +141,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     policy.add_argument(
         "--gpus", type=_gpu_list, help="GPU ids shared round robin by the workers (0,1,2,3), or auto (detect)"
     )
+    batch = parser.add_argument_group("batch allocations")
+    batch.add_argument(
+        "--task-duration",
+        type=_positive_seconds,
+        help="expected seconds per task: claim none that could not finish before the allocation ends",
+    )
+    batch.add_argument(
+        "--end-time", help="when the allocation ends (epoch seconds or 2026-11-21T08:00:00; default: the Slurm job's)"
+    )
+    batch.add_argument("--node-setup", help="shell command run once per node before the workers start, under a lock")
 
 
 def _run_parser(prog: str) -> _Parser:

@@ -75,6 +75,7 @@ class FarmerOptions:
     max_failures: int | None = None
     gpus: tuple[str, ...] = ()
     log_mode: str = FILES
+    claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class FarmerResult:
 
     stopped: StopReason | None = None
     drained: bool = False
+    out_of_time: bool = False
     ran: int = 0
     failed: int = 0
     retried: int = 0
@@ -184,6 +186,9 @@ class Farmer:
         if self._drain.is_set():
             self.result.drained = True
             return False
+        if self.options.claim_until is not None and time.time() >= self.options.claim_until:
+            self.result.out_of_time = True
+            return False
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self.store.toprocess.stat().st_size > 0:
             for slot in range(self.options.processes):
@@ -252,6 +257,7 @@ class Farmer:
             environment=gpu_environment(self.options.gpus, slot),
             log_mode=self.options.log_mode,
             max_failures=self.options.max_failures,
+            claim_until=self.options.claim_until,
         )
         receiver, sender = self._context.Pipe(duplex=False)
         args = (spec, self._stop, self._drain, self._failures, sender)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from taskfarmer import config, gpus
+from taskfarmer import allocation, config, gpus
 from taskfarmer.cli import EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, check_tasklist_has_tasks
 from taskfarmer.display import Display
 from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
@@ -52,7 +52,13 @@ def run_tasklist(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         gpus=_gpus(args.gpus),
         log_mode=args.logs,
+        claim_until=allocation.claim_deadline(
+            task_duration=args.task_duration,
+            end_time=allocation.parse_end_time(args.end_time) if args.end_time else None,
+        ),
     )
+    if args.node_setup:
+        allocation.run_node_setup(args.node_setup, workdir=workdir, log_dir=store.logs)
     display = Display(store, quiet=args.quiet)
     farmer = Farmer(store, options, listener=display.on_event, runner=runner_object)
     farmer.install_signal_handlers()
@@ -89,6 +95,12 @@ def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
 def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     counts = store.counts()
     sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {result.ran} tasks in {elapsed:.1f} s\n")
+    if result.out_of_time and counts.toprocess:
+        sys.stderr.write(
+            f"pytaskfarmer: the allocation ends before another task could finish (--task-duration):"
+            f" {counts.toprocess} tasks left for the next job.\n"
+        )
+        return EXIT_STOPPED
     if result.drained and counts.toprocess:
         sys.stderr.write(
             f"pytaskfarmer: drained ({store.drain_file} exists): {counts.toprocess} tasks left. Remove that file"

@@ -64,6 +64,7 @@ class WorkerSpec:
     environment: tuple[tuple[str, str], ...] = ()  # for this slot only (GPU binding)
     log_mode: str = FILES
     max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
+    claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
 
 
 def worker_main(spec: WorkerSpec, stop: Event, drain: Event, failures: Synchronized[int], events: Connection) -> None:
@@ -124,7 +125,8 @@ class Worker:
     def _claim_next(self) -> bool:
         limit = self.spec.max_failures
         too_many = limit is not None and self._failures.value >= limit
-        return not (self.stopping() or self._drain.is_set() or too_many)
+        too_late = self.spec.claim_until is not None and time.time() >= self.spec.claim_until
+        return not (self.stopping() or self._drain.is_set() or too_many or too_late)
 
     def run(self) -> int:
         """Work until no task is left, a stop, or a drain.
@@ -151,7 +153,7 @@ class Worker:
                 self.slot, outcome, claim_next=self._claim_next(), retry=retry, tasklist=tasklist
             )
             self._send("retry" if retry else "end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
-        return EXIT_STOPPED if self.stopping() or self._drain.is_set() else EXIT_DONE
+        return EXIT_DONE if self._claim_next() else EXIT_STOPPED
 
     def _should_retry(self, outcome: Outcome) -> bool:
         return not outcome.succeeded and outcome.attempt <= self.spec.policy.retries

@@ -1,0 +1,96 @@
+"""What the batch system tells the farmer: when the allocation ends, and work to do once per node.
+
+``--task-duration`` with a known end time (``--end-time``, or the Slurm job's end) makes workers stop claiming
+tasks that could not finish before the allocation ends: they would only be killed and run again by the next job.
+
+``--node-setup`` runs a command once per node (unpacking an environment, staging an input file) before any worker
+starts, under a node-local lock: the first farmer on the node runs it, the others wait for it and then skip it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+import filelock
+
+from taskfarmer import process
+from taskfarmer.errors import TaskFarmerError
+from taskfarmer.store import _leases
+
+_LOGGER: Final = logging.getLogger(__name__)
+_SCHEDULER_TIMEOUT: Final = 20.0
+
+
+def slurm_end_time() -> float | None:
+    """:returns: when the current Slurm job ends (epoch seconds), ``None`` outside Slurm or without a time limit"""
+    end = os.environ.get("SLURM_JOB_END_TIME", "")  # set by recent Slurm versions
+    if end.isdigit():
+        return float(end)
+    job = os.environ.get("SLURM_JOB_ID")
+    squeue = shutil.which("squeue")
+    if not job or squeue is None:
+        return None
+    try:
+        result = process.run_tool([squeue, "-h", "-j", job, "-o", "%e"], timeout=_SCHEDULER_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _LOGGER.warning("cannot ask Slurm when job %s ends: %s", job, exc)
+        return None
+    return parse_end_time(result.stdout.strip())
+
+
+def parse_end_time(text: str) -> float | None:
+    """:returns: ``2026-11-21T08:00:00`` (local time, as Slurm prints it) or epoch seconds as epoch seconds"""
+    if not text or text in {"N/A", "Unknown", "NONE"}:
+        return None
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        msg = f"Cannot read the end time {text!r}: give seconds since the epoch or 2026-11-21T08:00:00."
+        raise TaskFarmerError(msg) from None
+
+
+def claim_deadline(*, task_duration: float | None, end_time: float | None) -> float | None:
+    """:returns: after when no task may be claimed (``None``: no limit)"""
+    if task_duration is None:
+        return None
+    end = end_time if end_time is not None else slurm_end_time()
+    if end is None:
+        _LOGGER.warning("--task-duration given, but the allocation's end is unknown (no --end-time, no Slurm job)")
+        return None
+    _LOGGER.info("claiming tasks until %s (the allocation ends %s)", time.ctime(end - task_duration), time.ctime(end))
+    return end - task_duration
+
+
+def run_node_setup(command: str, *, workdir: Path, log_dir: Path) -> None:
+    """Run *command* once on this node for this work directory (and again after a reboot).
+
+    :raises TaskFarmerError: when it fails (its output is in ``log_dir``)
+    """
+    key = hashlib.sha256(f"{workdir.resolve()}\n{command}".encode()).hexdigest()[:16]
+    local = Path(tempfile.gettempdir()) / f"pytaskfarmer-{os.getuid()}"
+    local.mkdir(mode=0o700, exist_ok=True)
+    done = local / f"node-setup-{key}.done"
+    with filelock.FileLock(local / f"node-setup-{key}.lock", fallback_to_soft=False):
+        if done.exists() and done.read_text() == _leases.boot_id():
+            _LOGGER.info("node setup already done on this node")
+            return
+        log = log_dir / f"node-setup.{_leases.host_name()}.log"
+        _LOGGER.info("running the node setup on %s (output: %s)", _leases.host_name(), log)
+        with log.open("w") as output:
+            proc = process.start(["bash", "-c", command], cwd=None, env=os.environ, output=output)
+            returncode = proc.wait()
+        if returncode != 0:
+            msg = f"The node setup {command!r} failed on {_leases.host_name()} (exit status {returncode}): see {log}."
+            raise TaskFarmerError(msg)
+        done.write_text(_leases.boot_id())
