@@ -168,12 +168,14 @@ def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``taskfarmer run|status|runners``."""
     parser = _Parser(prog="taskfarmer", description="Crash-safe task farmer for HPC and batch clusters.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     add_run_arguments(commands.add_parser("run", help="run a tasklist (same as pytaskfarmer.py)"))
     status = commands.add_parser("status", help="show the state of a work directory (also while farmers run)")
     status.add_argument("workdir", type=Path)
     status.add_argument("--json", action="store_true", help="as JSON, for scripts")
-    commands.add_parser("runners", help="list the runners defined and where")
+    runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
+    runners.add_argument("name", nargs="?", help="show this runner: its definition and what a task would run")
+    runners.add_argument("--command", default="echo hello $PROC_NUMBER", help="the task line of the dry run")
     requeue = commands.add_parser("requeue", help="put failed tasks (or tasks of dead farmers) back in the queue")
     requeue.add_argument("workdir", type=Path)
     requeue.add_argument("--status", action="append", default=[], help="only failed tasks with this status (exit:*)")
@@ -197,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drain": _drain,
         "log": _log,
     }
-    return _guarded(handlers[args.command], args)
+    return _guarded(handlers[args.verb], args)
 
 
 def _guarded(command: object, args: argparse.Namespace) -> int:
@@ -260,8 +262,16 @@ def _log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _runners(_args: argparse.Namespace) -> int:
+def _runners(args: argparse.Namespace) -> int:
     catalog = config.runner_catalog()
+    if args.name:
+        definition = catalog.get(args.name)
+        runner, variables = config.build_runner(definition)
+        sys.stdout.write(f"[{definition.name}] from {definition.source}\nRunner = {definition.class_name}\n")
+        sys.stdout.writelines(f"{key} = {value}\n" for key, value in definition.options.items())
+        sys.stdout.writelines(f"(environment) {key}={value}\n" for key, value in variables.items())
+        sys.stdout.write(f"\na task running {args.command!r} gets:\n{runner.describe(args.command)}\n")
+        return EXIT_OK
     for name, definition in sorted(catalog.definitions.items()):
         sys.stdout.write(f"{name:20} {definition.class_name:40} {definition.source}\n")
     for broken in catalog.broken:

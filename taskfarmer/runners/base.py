@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -69,6 +70,11 @@ class Runner:
         :raises TaskFarmerError: (a subclass) when the runner cannot work
         """
 
+    def describe(self, command: str) -> str:
+        """Say what a task would run, without running it (``taskfarmer runners NAME --command CMD``)."""
+        del command
+        return f"{type(self).__module__}.{type(self).__qualname__} starts its tasks itself: no dry run to show"
+
     def cleanup(self, *, workdir: Path) -> None:
         """Remove what dead workers of this farm left outside their process tree (containers), in the main process.
 
@@ -123,6 +129,10 @@ class CommandRunner(Runner):
             return command
         # The braces keep `source` effects in this shell; the newline keeps the task's own && and || apart from them.
         return f"{{ {self.setup}\n}} || exit $?\n{command}"
+
+    def describe(self, command: str) -> str:
+        """:returns: the exact command line a task running *command* gets, shell-quoted for reading"""
+        return shlex.join(self.command(self.script(command)))
 
     def environment(self) -> dict[str, str]:
         """:returns: the environment of a task: the worker's, the ``variables``, and a key to find its processes"""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import json
 import logging
 import math
 import os
@@ -197,6 +198,17 @@ class DockerRunner(CommandRunner):
         }
         spec.update({key: value for key, value in optional.items() if value})
         return spec
+
+    def describe(self, command: str) -> str:
+        """:returns: the container a task running *command* gets, as the JSON of ``containers.create``'s arguments"""
+        holder = self._holder()
+        spec = self.container_spec(
+            self.script(command),
+            name=container_name(holder, 0, "000000"),
+            labels=task_labels(holder, workdir="WORKDIR", task="0"),
+            environment={**self.environment(), "PROC_NUMBER": "0"},
+        )
+        return json.dumps(spec, indent=1, sort_keys=True)
 
     def environment(self) -> dict[str, str]:
         """Return the task's environment: ``PROC_NUMBER``, the worker's ``TASKFARMER_*`` variables, ``variables``."""
