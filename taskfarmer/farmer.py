@@ -47,6 +47,7 @@ _STOP_WAIT_EXTRA: Final = 10.0  # beyond the runner's grace, before workers are 
 _RESPAWN_LIMIT: Final = 5  # deaths of one slot within _RESPAWN_WINDOW before the farmer gives up on it
 _RESPAWN_WINDOW: Final = 60.0
 _IDLE_POLL: Final = 2.0
+_DRAIN_CHECK: Final = 1.0  # seconds between two looks for WORKDIR/drain
 
 
 class StopReason(enum.Enum):
@@ -160,7 +161,7 @@ class Farmer:
 
     def _farm(self) -> None:
         deadline = time.monotonic() + self.options.timeout if self.options.timeout else None
-        next_heartbeat = 0.0
+        next_heartbeat = next_drain_check = 0.0
         for slot in range(self.options.processes):
             self._start_worker(slot)
         while self.result.stopped is None:
@@ -168,18 +169,24 @@ class Farmer:
             self._listener(("tick",))
             if deadline is not None and time.monotonic() >= deadline:
                 self.result.stopped = StopReason.TIMEOUT
-            if not self._drain.is_set() and self.store.drain_requested():
-                _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
-                self._drain.set()
-            if self._drain.is_set() and not self.record.draining:
-                self.record = replace(self.record, draining=True)
-                self.store.update_farmer(self.record)  # says so in farmers/, for `taskfarmer status`
+            if time.monotonic() >= next_drain_check:
+                # Not every tick: on a shared filesystem each look is a metadata operation, times every farmer.
+                next_drain_check = time.monotonic() + _DRAIN_CHECK
+                self._check_drain()
             self._reap_workers()
             if time.monotonic() >= next_heartbeat:
                 self._heartbeat()
                 next_heartbeat = time.monotonic() + heartbeat_interval(self.options.lease)
             if not self._workers and not self._more_work():
                 return
+
+    def _check_drain(self) -> None:
+        if not self._drain.is_set() and self.store.drain_requested():
+            _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
+            self._drain.set()
+        if self._drain.is_set() and not self.record.draining:
+            self.record = replace(self.record, draining=True)
+            self.store.update_farmer(self.record)  # says so in farmers/, for `taskfarmer status`
 
     def _more_work(self) -> bool:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""

@@ -37,12 +37,13 @@ class TaskLog:
     handle: IO[str]
     path: Path  # the file the task writes to (for TASKFARMER_LOG)
     offset: int = -1  # in a stream: where the task's output starts
+    stream_fd: int = -1  # in a stream: the worker's descriptor of it, still open after the task's handle closed
 
     def location(self) -> str:
         """:returns: what the accounting records: ``logs/NAME``, or ``logs/NAME@OFFSET+LENGTH`` in a stream"""
         if self.offset < 0:
             return f"logs/{self.path.name}"
-        return f"logs/{self.path.name}@{self.offset}+{self.path.stat().st_size - self.offset}"
+        return f"logs/{self.path.name}@{self.offset}+{os.fstat(self.stream_fd).st_size - self.offset}"
 
 
 class TaskLogs:
@@ -57,6 +58,7 @@ class TaskLogs:
         self._directory = directory
         self._mode = mode
         self._stream = directory / stream_name
+        self._stream_fd: int | None = None  # opened once: only this worker writes its stream
 
     def open(self, taskid: int, attempt: int) -> TaskLog:
         """Open the log of an attempt (a later attempt number when that one already has a log file)."""
@@ -69,10 +71,13 @@ class TaskLogs:
             attempt += 1
 
     def _open_in_stream(self, taskid: int, attempt: int) -> TaskLog:
-        handle = self._stream.open("a", encoding="utf-8", errors="replace")
-        handle.write(f"==> task {taskid} attempt {attempt} <==\n")
-        handle.flush()
-        return TaskLog(attempt, handle, self._stream, offset=os.fstat(handle.fileno()).st_size)
+        if self._stream_fd is None:
+            self._stream_fd = os.open(self._stream, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(self._stream_fd, f"==> task {taskid} attempt {attempt} <==\n".encode())
+        # A duplicate for the task (closed after it), with the stream's O_APPEND: no open, no metadata operation.
+        handle = os.fdopen(os.dup(self._stream_fd), "a", encoding="utf-8", errors="replace")
+        offset = os.fstat(self._stream_fd).st_size
+        return TaskLog(attempt, handle, self._stream, offset=offset, stream_fd=self._stream_fd)
 
 
 def print_log(store: WorkDir, taskid: int, *, attempt: int | None, out: BinaryIO) -> None:

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import filelock
-
 from taskfarmer.errors import TaskListError, WorkDirError
 from taskfarmer.store import _files
 from taskfarmer.store._ingest import (
@@ -47,6 +45,7 @@ from taskfarmer.store._ingest import (
 )
 from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt
 from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, farmer_pid, host_name, parse_stack_entry
+from taskfarmer.store._lock import DescriptorLock, LockTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -66,7 +65,6 @@ __all__ = [
 
 _LOGGER: Final = logging.getLogger(__name__)
 LOCK_TIMEOUT: Final = 600.0
-_LOCK_POLL: Final = 0.0005
 _EMPTY_TIMELINE: Final = b"[\n]\n"
 _TIMELINE_NAME_CHARS: Final = 80
 _COUNT_BLOCK: Final = 256 * 1024
@@ -153,9 +151,7 @@ class WorkDir:
         """
         self.path = path
         self.lock_path = lock_path or default_lock_path(path, None)
-        self._lock = filelock.FileLock(
-            self.lock_path, timeout=LOCK_TIMEOUT, poll_interval=_LOCK_POLL, fallback_to_soft=False
-        )
+        self._lock = DescriptorLock(self.lock_path)
         self._journal = Journal(path)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
@@ -201,8 +197,8 @@ class WorkDir:
     def locked(self) -> Iterator[None]:
         """Hold the work directory lock, after completing any change a dead farmer left half done."""
         try:
-            self._lock.acquire()
-        except filelock.Timeout as exc:
+            self._lock.acquire(timeout=LOCK_TIMEOUT)
+        except LockTimeoutError as exc:
             msg = f"Could not lock {self.lock_path} within {LOCK_TIMEOUT:.0f} s: a farmer holding it hangs."
             raise WorkDirError(msg) from exc
         except OSError as exc:

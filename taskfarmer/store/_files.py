@@ -75,6 +75,13 @@ def read_last_line(path: Path) -> tuple[int, bytes] | None:
 def read_small(path: Path) -> bytes:
     """:returns: the content of a small file, empty when it does not exist."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, _TAIL_BLOCK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

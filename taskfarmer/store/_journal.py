@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -114,10 +115,14 @@ class Journal:
         if not actions:
             return
         record = json.dumps([_encode(a) for a in actions]).encode()
-        # The file is empty here (recover() ran when the lock was taken), so one pwrite leaves no stale tail.
-        _files.write_at(self._path, 0, record)
-        self._apply(actions)
-        _files.write_at(self._path, 0, b"")
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            # The file is empty here (recover() ran when the lock was taken), so one pwrite leaves no stale tail.
+            os.pwrite(fd, record, 0)
+            self._apply(actions)
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
 
     def recover(self) -> bool:
         """Finish the change a dead farmer left half done.

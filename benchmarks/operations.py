@@ -1,0 +1,141 @@
+"""What operating features cost: the progress display, the accounting, and the files and metadata calls per task.
+
+Three measurements, in one run, on tasklists of ``true`` with 2 workers:
+
+1. Throughput with each display: ``-q`` (none), the plain-line mode of a batch job (stderr not a terminal), and the
+   live ``rich`` view on a terminal (the farmer runs under ``script``, which gives it a pseudo-terminal).
+2. The accounting line: the store's finish-and-claim step timed in-process with and without the line written to
+   ``accounting.tsv``, in microseconds per task.
+3. Files created, and system calls naming a path in the work directory per task (what a shared filesystem's
+   metadata server sees), in the default log mode (a file per task) and the streamed mode (a file per worker).
+   Needs ``strace`` (``apt-get install strace``).
+
+Run it with the project's Python (the figures depend on the machine; compare within one run)::
+
+    .venv/bin/python benchmarks/operations.py --tasks 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Final
+
+from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotRecord, WorkDir
+
+REPO: Final = Path(__file__).resolve().parent.parent
+FARMER: Final = [sys.executable, str(REPO / "bin" / "pytaskfarmer.py")]
+
+
+def _farm(tasklist: Path, workdir: Path, *options: str, prefix: tuple[str, ...] = ()) -> float:
+    started = time.perf_counter()
+    command = [*FARMER, "-n", "2", "-w", str(workdir), *options, str(tasklist)]
+    argv = ["script", "-qfec", " ".join(command), "/dev/null"] if prefix == ("script",) else [*prefix, *command]
+    subprocess.run(argv, check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    finished = len((workdir / "finished").read_text().splitlines())
+    if finished != len(tasklist.read_text().splitlines()):
+        msg = f"{' '.join(argv)}: {finished} tasks finished"
+        raise RuntimeError(msg)
+    return elapsed
+
+
+def display_costs(tasklist: Path, scratch: Path, tasks: int) -> None:
+    print(f"\n1. throughput by display ({tasks} tasks of `true`, 2 workers)")
+    print(f"{'display':32} {'seconds':>8} {'tasks/s':>8} {'vs -q':>7}")
+    modes = [
+        ("none (-q)", ("-q",), ()),
+        ("plain lines (batch job)", (), ()),
+        ("live rich view (terminal)", (), ("script",)),
+    ]
+    base = 0.0
+    for index, (name, options, prefix) in enumerate(modes):
+        seconds = _farm(tasklist, scratch / f"display-{index}", *options, prefix=prefix)
+        base = base or seconds
+        print(f"{name:32} {seconds:8.2f} {tasks / seconds:8.0f} {seconds / base:6.2f}x")
+
+
+def _finish_loop(root: Path, count: int, *, with_accounting: bool) -> float:
+    root.mkdir()
+    tasklist = root / "list.txt"
+    tasklist.write_text("true\n" * count)
+    store = WorkDir(root / "wd")
+    store.create()
+    store.sync_tasklist(tasklist)
+    farmer = FarmerRecord.new(workers=1, lease=600)
+    store.register(farmer)
+    slot = SlotRecord(-1, "", farmer.name, 0, Holder.this_process(), 0.0)
+    if not with_accounting:
+        finish = store._finish_actions  # noqa: SLF001  # the benchmark takes the accounting line out, nothing else
+        store._finish_actions = lambda *a, **k: finish(*a, **k)[:-1]  # type: ignore[method-assign]  # noqa: SLF001
+    task = store.claim(slot)
+    started = time.perf_counter()
+    while task is not None:
+        slot = replace(slot, task=task.taskid, command=task.command)
+        task = store.finish_and_claim(slot, Outcome(0, 1.0, 2.0), claim_next=True)
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def accounting_cost(scratch: Path) -> None:
+    count = 3000
+    without = _finish_loop(scratch / "acc-without", count, with_accounting=False)
+    with_it = _finish_loop(scratch / "acc-with", count, with_accounting=True)
+    print(f"\n2. accounting: finish-and-claim of {count} tasks, in-process")
+    print(f"without the accounting line: {without:6.0f} us per task")
+    print(f"with the accounting line:    {with_it:6.0f} us per task ({with_it - without:+.0f} us)")
+
+
+def _workdir_calls(argv: list[str], workdir: Path) -> dict[str, int]:
+    """:returns: how many times each system call named a path in *workdir* (``strace -f``, tasks included)"""
+    with tempfile.NamedTemporaryFile(suffix=".strace") as trace:
+        subprocess.run(["strace", "-f", "-e", "trace=%file", "-o", trace.name, *argv], check=True, capture_output=True)
+        counts: dict[str, int] = {}
+        for line in Path(trace.name).read_text().splitlines():
+            match = re.match(r"\d+\s+(\w+)\((?:AT_FDCWD, )?\"([^\"]*)\"", line)
+            if match and workdir.name in match.group(2):
+                counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+        return counts
+
+
+def metadata_costs(tasklist: Path, scratch: Path, tasks: int) -> None:
+    if shutil.which("strace") is None:
+        print("\n3. metadata: strace not found (apt-get install strace): skipped")
+        return
+    print(f"\n3. metadata calls on the work directory per task ({tasks} tasks of `true`, 2 workers, strace -f)")
+    print(f"{'log mode':8} {'files':>6} {'per task:':>10} calls by type")
+    for mode in ("files", "stream"):
+        workdir = scratch / f"meta-{mode}"
+        counts = _workdir_calls([*FARMER, "-q", "-n", "2", "--logs", mode, "-w", str(workdir), str(tasklist)], workdir)
+        created = sum(1 for path in workdir.rglob("*") if path.is_file())
+        total = sum(counts.values()) / tasks
+        detail = ", ".join(f"{name} {count / tasks:.1f}" for name, count in sorted(counts.items(), key=lambda i: -i[1]))
+        print(f"{mode:8} {created:6d} {total:10.1f} {detail}")
+    print("(files: files in the work directory afterwards; calls: those naming a path in it, all processes)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--strace-tasks", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        scratch = Path(directory)
+        tasklist = scratch / "true.txt"
+        tasklist.write_text("true\n" * args.tasks)
+        display_costs(tasklist, scratch, args.tasks)
+        accounting_cost(scratch)
+        small = scratch / "true-small.txt"
+        small.write_text("true\n" * args.strace_tasks)
+        metadata_costs(small, scratch, args.strace_tasks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

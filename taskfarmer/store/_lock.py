@@ -1,0 +1,59 @@
+"""The work directory lock: one ``flock`` on a lock file whose descriptor stays open.
+
+Taking the lock is the only thing a farmer does on every claim that does not need a fresh look at a file, so the
+lock file is opened once per process (``filelock.lock_descriptor``) instead of once per claim: on a shared
+filesystem every open is a metadata operation, and HPC centres count them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Final
+
+import filelock
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+POLL: Final = 0.0005
+
+
+class LockTimeoutError(TimeoutError):
+    """The lock was not free within the deadline."""
+
+
+class DescriptorLock:
+    """An exclusive lock on *path*, contending with every other process (and host) that locks the same file.
+
+    Not reentrant, and for one thread at a time (a worker's main thread, or a farmer's).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, timeout: float) -> None:
+        """Wait for the lock, at most *timeout* seconds.
+
+        :raises LockTimeoutError: when another process held it all that time
+        :raises OSError: when the lock file cannot be opened or its filesystem cannot lock (ENOSYS, ENOLCK...)
+        """
+        fd = self._descriptor()
+        deadline = time.monotonic() + timeout
+        while not filelock.lock_descriptor(fd, blocking=False):
+            if time.monotonic() > deadline:
+                msg = f"{self.path} stayed locked for {timeout:.0f} s"
+                raise LockTimeoutError(msg)
+            time.sleep(POLL)
+
+    def release(self) -> None:
+        """Let the next process in."""
+        if self._fd is not None:
+            filelock.unlock_descriptor(self._fd)
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
