@@ -152,7 +152,7 @@ class WorkDir:
         self.path = path
         self.lock_path = lock_path or default_lock_path(path, None)
         self._lock = DescriptorLock(self.lock_path)
-        self._journal = Journal(path)
+        self._journal = Journal(path, sync=_files.filesystem_type(path.parent) in _files.NETWORK_FILESYSTEMS)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
         self.failed = path / "failed"
@@ -305,15 +305,27 @@ class WorkDir:
         :returns: the next task, or ``None`` (none left, or *claim_next* false)
         """
         with self.locked():
-            actions = self._finish_actions(slot, outcome, retry=retry)
-            if retry:
-                # The retry is pushed on toprocess: it must be there before the claim reads the top.
-                self._journal.commit(actions)
+            actions = self._finish_or_record(slot, outcome, retry=retry)
+            if retry or not claim_next:
+                # A retry is pushed on toprocess: it must be there (and the slot free) before a claim reads the top.
+                self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
                 actions = []
             if not claim_next:
-                self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
                 return None
             return self._claim_locked(slot, actions, tasklist)
+
+    def _finish_or_record(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> list[Action]:
+        status = "ok" if outcome.succeeded else outcome.status
+        records = [
+            self._timeline_append(self._timeline_event(slot, outcome, status)),
+            WriteAt(self.accounting.name, _files.size(self.accounting), _accounting_line(slot, outcome, status)),
+        ]
+        current = self.read_slot(self.path / self._slot_name(slot))
+        if current is not None and (current.task, current.holder) == (slot.task, slot.holder):
+            return [self._state_line(slot, outcome, retry=retry), *records]
+        # Another farmer presumed this one dead and gave the task back: the queued copy decides its fate now.
+        _LOGGER.warning("task %d was given back while it ran here: its result is only accounted", slot.task)
+        return records
 
     def release(self, slot: SlotRecord) -> bool:
         """Give *slot*'s task back to the queue, on top, so that it runs next (a stopped or killed task).
@@ -329,8 +341,10 @@ class WorkDir:
     def _claim_locked(self, slot: SlotRecord, actions: list[Action], tasklist: Path | None) -> Task | None:
         top = _files.read_last_line(self.toprocess)
         if top is None and tasklist is not None:
-            self._sync_in_claim(tasklist, actions)
+            # The finish (with its slot freed) must be complete before the sync rewrites toprocess.
+            self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
             actions = []
+            self._sync_in_claim(tasklist)
             top = _files.read_last_line(self.toprocess)
         if top is None:
             self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
@@ -352,27 +366,21 @@ class WorkDir:
         )
         return task
 
-    def _sync_in_claim(self, tasklist: Path, pending: list[Action]) -> None:
-        # The finish of the previous task must be on disk before the tasklist sync rewrites toprocess.
-        self._journal.commit(pending)
+    def _sync_in_claim(self, tasklist: Path) -> None:
         try:
             self._sync_tasklist_locked(tasklist)
         except TaskListError as exc:
             _LOGGER.warning("not taking in new tasklist lines: %s", exc)
 
-    def _finish_actions(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> list[Action]:
+    def _state_line(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> WriteAt:
+        """:returns: the line that moves the task out of running: to finished, failed, or back on top (retry)"""
         if outcome.succeeded:
             target, line = self.finished, b"%d %s\n" % (slot.task, slot.command.encode())
         elif retry:
             target, line = self.toprocess, slot.stack_entry()
         else:
             target, line = self.failed, b"%d %s %s\n" % (slot.task, outcome.status.encode(), slot.command.encode())
-        status = "ok" if outcome.succeeded else outcome.status
-        return [
-            WriteAt(target.name, _files.size(target), line),
-            self._timeline_append(self._timeline_event(slot, outcome, status)),
-            WriteAt(self.accounting.name, _files.size(self.accounting), _accounting_line(slot, outcome, status)),
-        ]
+        return WriteAt(target.name, _files.size(target), line)
 
     def _timeline_event(self, slot: SlotRecord, outcome: Outcome, status: str) -> dict[str, object]:
         return {
@@ -456,16 +464,21 @@ class WorkDir:
             farmers = self.read_farmers()
             returned: list[Task] = []
             for slot_path in sorted(self.running.iterdir()):
-                returned.extend(self._recover_slot(slot_path, farmers))
+                returned.extend(self._recover_slot(slot_path, farmers, me))
             for name, (record, age) in farmers.items():
                 if name != me and self._farmer_dead(record, age) and not self._slot_files(name):
                     self._journal.commit([Unlink(f"farmers/{name}")])
             return returned
 
-    def _recover_slot(self, slot_path: Path, farmers: dict[str, tuple[FarmerRecord, float]]) -> list[Task]:
+    def _recover_slot(
+        self, slot_path: Path, farmers: dict[str, tuple[FarmerRecord, float]], me: str | None
+    ) -> list[Task]:
         farmer_name, _, _ = slot_path.name.rpartition(".")
         record = self.read_slot(slot_path)
         farmer = farmers.get(farmer_name)
+        if farmer is not None and farmer_name != me and farmer[0].holder.is_local() and not self._farmer_dead(*farmer):
+            # A live farmer on this host recovers its own dead workers, after killing what they left running.
+            return []
         if record is not None and not self._holder_dead(record.holder, farmer):
             return []
         if record is None and farmer is not None and not self._farmer_dead(*farmer):

@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import TYPE_CHECKING, Final
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from pathlib import Path
+from typing import Final
 
 _TAIL_BLOCK: Final = 4096
 
 
 def size(path: Path) -> int:
-    """:returns: the size of *path* in bytes, 0 when it does not exist."""
+    """:returns: the size of *path* in bytes, 0 when it does not exist.
+
+    Through ``open`` and ``fstat``, not ``stat``: on NFS only an ``open`` is sure to see what another host just
+    appended (close-to-open consistency), and an append at a stale size would overwrite it.
+    """
     try:
-        return path.stat().st_size
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return 0
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of *data* at *offset* (a full disk or quota fails loudly, never leaves a short write behind).
+
+    :raises OSError: when the filesystem refuses the write
+    """
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, "no space left for a write")
+        view, offset = view[written:], offset + written
 
 
 def write_at(path: Path, offset: int, data: bytes) -> None:
@@ -28,8 +48,7 @@ def write_at(path: Path, offset: int, data: bytes) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        if data:
-            os.pwrite(fd, data, offset)
+        pwrite_all(fd, data, offset)
         os.ftruncate(fd, offset + len(data))
     finally:
         os.close(fd)
@@ -85,3 +104,46 @@ def read_small(path: Path) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+# Filesystems whose clients write back lazily to a server other hosts also read (see Journal's sync).
+NETWORK_FILESYSTEMS: Final = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cifs",
+        "smb3",
+        "ceph",
+        "fuse.ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "panfs",
+        "wekafs",
+        "9p",
+        "fuse.sshfs",
+        "afs",
+    }
+)
+
+
+def filesystem_type(path: Path, *, mountinfo: str | None = None) -> str:
+    """:returns: the type of the filesystem *path* is on (``ext4``, ``nfs4``, ``lustre``...), ``""`` if unknown"""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target = str(path.resolve())
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields or len(fields) < 5:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, fstype = mount_point, fields[fields.index("-") + 1]
+    return fstype

@@ -139,7 +139,10 @@ def ingest(
     :returns: the new state and what was taken in
     """
     first_line = start.lines if start else 0
-    result = _forward(source, first_line=first_line, digest=digest, scratch=scratch)
+    # Lines appended later may still be being written: take complete lines only (a first tasklist's last line may
+    # lack its newline: that one counts).
+    end = os.fstat(source.fileno()).st_size if start is None else _complete_end(source)
+    result = _forward(source, first_line=first_line, digest=digest, scratch=scratch, end=end)
     _reverse_into(scratch, result.boundaries, stack)
     stat = os.fstat(source.fileno())
     state = TaskListState(
@@ -162,11 +165,25 @@ class _ForwardResult:
     invalid: list[Invalid]
 
 
-def _lines(source: IO[bytes], digest: hashlib._Hash) -> Iterator[tuple[bytes, bool]]:
-    """Yield ``(line, too_long)`` for each line, holding at most one chunk plus one capped line in memory."""
+def _complete_end(source: IO[bytes]) -> int:
+    """:returns: the offset just after the file's last newline (at least the current position)"""
+    start = source.tell()
+    end = os.fstat(source.fileno()).st_size
+    while end > start:
+        block_start = max(end - _CHUNK, start)
+        block = os.pread(source.fileno(), end - block_start, block_start)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            return block_start + newline + 1
+        end = block_start
+    return start
+
+
+def _lines(source: IO[bytes], digest: hashlib._Hash, *, end: int) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line, too_long)`` for each line up to *end*, holding at most one chunk plus one capped line."""
     carry = b""
     carry_too_long = False
-    while chunk := source.read(_CHUNK):
+    while (left := end - source.tell()) > 0 and (chunk := source.read(min(_CHUNK, left))):
         digest.update(chunk)
         parts = chunk.split(b"\n")
         parts[0] = carry + parts[0]
@@ -183,7 +200,7 @@ def _lines(source: IO[bytes], digest: hashlib._Hash) -> Iterator[tuple[bytes, bo
 def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
     """:returns: ``(command or None when the line is no task, reason when it is invalid)``"""
     if too_long:
-        return None, f"invalid:too-long (over {MAX_TASK_BYTES} bytes)"
+        return None, "invalid:too-long"
     stripped = line.strip()
     if not stripped or stripped.startswith(b"#"):
         return None, ""
@@ -196,11 +213,13 @@ def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
     return command, ""
 
 
-def _forward(source: IO[bytes], *, first_line: int, digest: hashlib._Hash, scratch: IO[bytes]) -> _ForwardResult:
+def _forward(
+    source: IO[bytes], *, first_line: int, digest: hashlib._Hash, scratch: IO[bytes], end: int
+) -> _ForwardResult:
     out = _ForwardResult(size=0, next_line=first_line, tasks=0, ends_with_newline=True, boundaries=[0], invalid=[])
     buffered: list[bytes] = []
     pending = 0
-    for line, too_long in _lines(source, digest):
+    for line, too_long in _lines(source, digest, end=end):
         command, reason = _check(line, too_long=too_long)
         if command is not None:
             entry = b"%d %s" % (out.next_line, command.encode())

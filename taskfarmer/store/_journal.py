@@ -2,9 +2,9 @@
 
 Every change of the work directory is a list of idempotent actions. Under the work directory lock, the list is
 first written to ``.journal``, then applied, then the journal is emptied. A farmer killed anywhere in between leaves
-a full record behind (a ``write`` syscall is not split by a signal); whoever takes the lock next replays it before
-doing anything else. Replaying an action that already happened changes nothing, so the end state is the same as if
-the dead farmer had finished.
+the record behind; whoever takes the lock next replays it before doing anything else (a record torn by a crash
+during its own write is discarded: none of its actions had begun). Replaying an action that already happened
+changes nothing, so the end state is the same as if the dead farmer had finished.
 """
 
 from __future__ import annotations
@@ -106,9 +106,14 @@ def _decode(item: dict[str, object]) -> Action:
 class Journal:
     """The ``.journal`` file of a work directory. Use only while holding the work directory lock."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sync: bool) -> None:
+        """:param sync: flush the record to the server before applying it. On a network filesystem a killed client
+        closes its files in descriptor order, releasing the lock before its record is written back: a waiting
+        farmer could take the lock, see no record, and later see the old one replayed over newer changes.
+        """
         self._root = root
         self._path = root / ".journal"
+        self._sync = sync
 
     def commit(self, actions: list[Action]) -> None:
         """Apply *actions* atomically: after a crash at any point, :meth:`recover` completes them."""
@@ -118,7 +123,9 @@ class Journal:
         fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             # The file is empty here (recover() ran when the lock was taken), so one pwrite leaves no stale tail.
-            os.pwrite(fd, record, 0)
+            _files.pwrite_all(fd, record, 0)
+            if self._sync:
+                os.fdatasync(fd)  # see __init__
             self._apply(actions)
             os.ftruncate(fd, 0)
         finally:

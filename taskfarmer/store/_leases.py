@@ -19,8 +19,8 @@ from typing import Final
 
 import psutil
 
-# Process start times are read from /proc with 10 ms ticks; allow for rounding.
-_CTIME_TOLERANCE: Final = 0.05
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+_CTIME_TOLERANCE: Final = 0.5 / _CLOCK_TICKS  # the same tick count, read twice
 
 
 @cache
@@ -39,12 +39,29 @@ def boot_id() -> str:
 
 
 def process_ctime(pid: int) -> float | None:
-    """:returns: the start time of process *pid*, or ``None`` when it does not exist or is a zombie"""
+    """When process *pid* started, in seconds since boot: unlike a wall-clock time, an NTP step or a resumed VM
+    does not move it, so a live process is never taken for a reused PID.
+
+    :returns: the start time, or ``None`` when the process does not exist or is a zombie (killed, not yet reaped:
+        dead all the same)
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # noqa: PTH123  # a kernel file, read in one go
+            fields = stat.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return _psutil_ctime(pid)  # no /proc (not Linux): psutil's wall-clock start time
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19]) / _CLOCK_TICKS  # field 22 of /proc/PID/stat: start time in clock ticks since boot
+
+
+def _psutil_ctime(pid: int) -> float | None:
     try:
         proc = psutil.Process(pid)
-        # A killed process stays a zombie until its parent (or init, which may be slow) reaps it: it is dead.
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+    except psutil.Error:
         return None
 
 
@@ -61,7 +78,7 @@ class Holder:
     def this_process(cls) -> Holder:
         """:returns: the holder describing the calling process"""
         pid = os.getpid()
-        return cls(host=host_name(), boot=boot_id(), pid=pid, ctime=process_ctime(pid) or time.time())
+        return cls(host=host_name(), boot=boot_id(), pid=pid, ctime=process_ctime(pid) or time.monotonic())
 
     def is_local(self) -> bool:
         """:returns: whether this holder runs on this host (since its last boot)"""

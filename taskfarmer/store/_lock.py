@@ -16,7 +16,8 @@ import filelock
 if TYPE_CHECKING:
     from pathlib import Path
 
-POLL: Final = 0.0005
+POLL_FIRST: Final = 0.0005
+POLL_MAX: Final = 0.02  # each try is a lock request to the server on NFS: back off, do not hammer it
 
 
 class LockTimeoutError(TimeoutError):
@@ -39,13 +40,23 @@ class DescriptorLock:
         :raises LockTimeoutError: when another process held it all that time
         :raises OSError: when the lock file cannot be opened or its filesystem cannot lock (ENOSYS, ENOLCK...)
         """
-        fd = self._descriptor()
         deadline = time.monotonic() + timeout
-        while not filelock.lock_descriptor(fd, blocking=False):
+        poll = POLL_FIRST
+        while True:
+            fd = self._descriptor()
+            if filelock.lock_descriptor(fd, blocking=False):
+                if os.fstat(fd).st_nlink > 0:
+                    return
+                # Someone removed the lock file (a scratch purge): a lock on it excludes nobody. Use the new one.
+                filelock.unlock_descriptor(fd)
+                os.close(fd)
+                self._fd = None
+                continue
             if time.monotonic() > deadline:
                 msg = f"{self.path} stayed locked for {timeout:.0f} s"
                 raise LockTimeoutError(msg)
-            time.sleep(POLL)
+            time.sleep(poll)
+            poll = min(poll * 2, POLL_MAX)
 
     def release(self) -> None:
         """Let the next process in."""

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotRecord, WorkDir, default_lock_path
+from taskfarmer.store._leases import process_ctime
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -165,12 +166,13 @@ def test_a_retried_task_is_claimed_again_at_once_and_never_lost(tmp_path: Path) 
 
 def test_a_zombie_holder_is_dead(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
-    child = subprocess.Popen(["true"])
-    wait_until_zombie = time.monotonic() + 10
-    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < wait_until_zombie:
+    child = subprocess.Popen(["sleep", "0.2"])
+    started = process_ctime(child.pid)  # its true start time: only its being a zombie makes it dead
+    assert started is not None
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.01)
-    zombie = Holder.this_process()
-    zombie = replace(zombie, pid=child.pid, ctime=psutil.Process(child.pid).create_time())
+    zombie = replace(slot.holder, pid=child.pid, ctime=started)
     assert store.claim(replace(slot, worker=1, holder=zombie)) is not None
     assert len(store.recover_dead(me=farmer.name)) == 1
     child.wait()
