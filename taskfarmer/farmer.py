@@ -25,8 +25,8 @@ from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
 from taskfarmer.worker import (
     EXIT_DONE,
     EXIT_STOPPED,
-    FARMER_VARIABLE,
     SLOT_VARIABLE,
+    FarmFlags,
     TaskPolicy,
     WorkerSpec,
     worker_main,
@@ -113,9 +113,7 @@ class Farmer:
         self.record = FarmerRecord.new(workers=options.processes, lease=options.lease)
         self._listener = listener
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
-        self._drain = self._context.Event()
-        self._failures = self._context.Value("i", 0)  # failed tasks of this farm, counted by the workers
+        self._flags = FarmFlags(self._context, workers=options.processes)
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -136,7 +134,7 @@ class Farmer:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # No I/O here: the main loop notices within one tick.
         if signum == signal.SIGUSR2:
-            self._drain.set()
+            self._flags.drain()
             return
         self._signals += 1 if signum == signal.SIGINT else 0
         if self.result.stopped is None or (signum == signal.SIGINT and self._signals > 1):
@@ -148,7 +146,7 @@ class Farmer:
         """Farm until the list is done or a stop; the workdir must exist and hold the tasklist already."""
         process.become_subreaper()
         if self.store.drain_requested():
-            self._drain.set()  # a farmer started during a drain claims nothing
+            self._flags.drain()  # a farmer started during a drain claims nothing
         self.store.register(self.record)
         try:
             self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
@@ -181,16 +179,16 @@ class Farmer:
                 return
 
     def _check_drain(self) -> None:
-        if not self._drain.is_set() and self.store.drain_requested():
+        if not self._flags.draining and self.store.drain_requested():
             _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
-            self._drain.set()
-        if self._drain.is_set() and not self.record.draining:
+            self._flags.drain()
+        if self._flags.draining and not self.record.draining:
             self.record = replace(self.record, draining=True)
             self.store.update_farmer(self.record)  # says so in farmers/, for `taskfarmer status`
 
     def _more_work(self) -> bool:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
-        if self._drain.is_set():
+        if self._flags.draining:
             self.result.drained = True
             return False
         if self.options.claim_until is not None and time.time() >= self.options.claim_until:
@@ -240,7 +238,7 @@ class Farmer:
             self.result.ran += 1
             self.result.failed += event[3] != "ok"
             limit = self.options.max_failures
-            if limit is not None and self._failures.value >= limit and self.result.stopped is None:
+            if limit is not None and self._flags.failures >= limit and self.result.stopped is None:
                 self.result.stopped = StopReason.FAIL_FAST
         elif event[0] == "retry":
             self.result.retried += 1
@@ -265,9 +263,10 @@ class Farmer:
             log_mode=self.options.log_mode,
             max_failures=self.options.max_failures,
             claim_until=self.options.claim_until,
+            grace=self.options.grace,
         )
         receiver, sender = self._context.Pipe(duplex=False)
-        args = (spec, self._stop, self._drain, self._failures, sender)
+        args = (spec, self._flags, sender)
         worker = self._context.Process(target=worker_main, args=args, name=f"worker-{slot}")
         worker.start()
         sender.close()  # the worker holds the only sending end: EOF tells us it is gone
@@ -312,7 +311,7 @@ class Farmer:
 
     def _shutdown(self) -> None:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
-        self._stop.set()
+        self._flags.stop()
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
             self._drain_events(_TICK)
@@ -324,7 +323,7 @@ class Farmer:
                 worker.kill()
             worker.join()
         self._workers.clear()
-        process.kill_marked(FARMER_VARIABLE, self.record.name, grace=grace)
+        process.kill_farm_leftovers(grace=grace)
         self._cleanup_runner()
         self._drain_events(0)
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))

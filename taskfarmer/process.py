@@ -204,6 +204,18 @@ def _is_running(proc: psutil.Process) -> bool:
         return False
 
 
+def kill_all_descendants(*, grace: float = DEFAULT_GRACE) -> None:
+    """End every process below this one, then reap them: in a worker, whatever its finished task left behind.
+
+    Only where every descendant belongs to the task (a worker process) and no thread waits on a child.
+    """
+    if has_children():
+        victims = descendants()
+        if victims:
+            kill_tree(victims, grace=grace)
+    reap_any()
+
+
 def reap_any() -> None:
     """Collect the exit status of every finished child (adopted orphans of tasks), so none lingers as a zombie.
 
@@ -219,6 +231,27 @@ def reap(processes: list[psutil.Process]) -> None:
     for proc in processes:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(proc.pid, os.WNOHANG)
+
+
+def kill_farm_leftovers(*, grace: float = DEFAULT_GRACE) -> int:
+    """In a farmer whose workers are gone: end what its tasks left behind (adopted by this subreaper process).
+
+    Everything below the farmer is a task's, but multiprocessing's resource tracker.
+
+    :returns: how many processes were found
+    """
+    victims = [proc for proc in descendants() if not _is_resource_tracker(proc)]
+    if victims:
+        kill_tree(victims, grace=grace)
+        reap(victims)
+    return len(victims)
+
+
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    try:
+        return any("multiprocessing.resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def kill_marked(marker: str, value: str, *, grace: float = DEFAULT_GRACE) -> int:

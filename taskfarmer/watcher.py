@@ -8,6 +8,7 @@ more memory than ``--task-memory``. The worker asks it afterwards why the task e
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from taskfarmer.runners import Runner
 
+_LOGGER: Final = logging.getLogger(__name__)
 WATCH_INTERVAL: Final = 0.2
 STOP: Final = "stop"
 TIMEOUT: Final = "timeout"
@@ -111,6 +113,8 @@ class TaskWatcher:
         killed: bool | None = None  # a runner whose terminate() raises is taken to have killed the task
         try:
             killed = self._runner.terminate()
+        except Exception:  # a user's runner failing must not end the watching of every later task
+            _LOGGER.exception("the runner's terminate() failed")
         finally:
             with self._condition:
                 if killed is None or killed:

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from taskfarmer import config, process
 from taskfarmer.logs import FILES, TaskLog, TaskLogs
@@ -26,8 +26,7 @@ from taskfarmer.watcher import STOP, TaskWatcher
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-    from multiprocessing.sharedctypes import Synchronized
-    from multiprocessing.synchronize import Event
+    from multiprocessing.context import BaseContext
 
     from taskfarmer.config import Definition
 
@@ -35,6 +34,11 @@ _LOGGER: Final = logging.getLogger(__name__)
 EXIT_DONE: Final = 0  # no task left
 EXIT_STOPPED: Final = 3  # told to stop; its task went back to the queue
 SLOT_VARIABLE: Final = "TASKFARMER_SLOT"
+# Exit statuses of a task killed by the signals batch systems stop jobs with (negative: the signal; 128+N: a shell's).
+_STOP_DEATHS: Final = frozenset(
+    code for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL) for code in (-sig, 128 + sig)
+)
+_STOP_SIGNAL_WAIT: Final = 0.5
 FARMER_VARIABLE: Final = "TASKFARMER_FARMER"
 
 
@@ -64,17 +68,59 @@ class WorkerSpec:
     environment: tuple[tuple[str, str], ...] = ()  # for this slot only (GPU binding)
     log_mode: str = FILES
     max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
+    grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
 
 
-def worker_main(spec: WorkerSpec, stop: Event, drain: Event, failures: Synchronized[int], events: Connection) -> None:
+class FarmFlags:
+    """What the farmer tells its workers (stop, drain) and the failures they count, in shared memory without locks.
+
+    A multiprocessing ``Event`` or ``Value`` takes a shared semaphore: a process killed with ``kill -9`` while
+    holding it would hang every other. Here each cell has one writer: the farmer for the flags, each worker for
+    its own failure counter.
+    """
+
+    _STOP, _DRAIN, _COUNTERS = 0, 1, 2
+
+    def __init__(self, context: BaseContext, *, workers: int) -> None:
+        self._cells: Any = context.RawArray("i", self._COUNTERS + workers)
+
+    def stop(self) -> None:
+        """Tell every worker to kill its task, give it back and exit."""
+        self._cells[self._STOP] = 1
+
+    @property
+    def stopping(self) -> bool:
+        """:returns: whether the farm stops"""
+        return bool(self._cells[self._STOP])
+
+    def drain(self) -> None:
+        """Tell every worker to finish its task and claim no more."""
+        self._cells[self._DRAIN] = 1
+
+    @property
+    def draining(self) -> bool:
+        """:returns: whether the farm drains"""
+        return bool(self._cells[self._DRAIN])
+
+    def add_failure(self, worker: int) -> None:
+        """Count a task of *worker* that failed for good (only that worker calls this)."""
+        self._cells[self._COUNTERS + worker] += 1
+
+    @property
+    def failures(self) -> int:
+        """:returns: the tasks of the farm that failed for good"""
+        return sum(self._cells[self._COUNTERS :])
+
+
+def worker_main(spec: WorkerSpec, flags: FarmFlags, events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
-    worker = Worker(spec, stop=stop, drain=drain, failures=failures, events=events)
+    worker = Worker(spec, flags=flags, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     code = worker.run()
     events.close()
@@ -84,13 +130,9 @@ def worker_main(spec: WorkerSpec, stop: Event, drain: Event, failures: Synchroni
 class Worker:
     """The claim -> run -> record loop of one worker slot."""
 
-    def __init__(
-        self, spec: WorkerSpec, *, stop: Event, drain: Event, failures: Synchronized[int], events: Connection
-    ) -> None:
+    def __init__(self, spec: WorkerSpec, *, flags: FarmFlags, events: Connection) -> None:
         self.spec = spec
-        self._farm_stop = stop
-        self._drain = drain
-        self._failures = failures
+        self._flags = flags
         self._events = events
         self._local_stop = threading.Event()
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
@@ -120,13 +162,13 @@ class Worker:
 
     def stopping(self) -> bool:
         """:returns: whether this worker must kill its task and claim nothing more"""
-        return self._local_stop.is_set() or self._farm_stop.is_set() or os.getppid() != self.spec.parent_pid
+        return self._local_stop.is_set() or self._flags.stopping or os.getppid() != self.spec.parent_pid
 
     def _claim_next(self) -> bool:
         limit = self.spec.max_failures
-        too_many = limit is not None and self._failures.value >= limit
+        too_many = limit is not None and self._flags.failures >= limit
         too_late = self.spec.claim_until is not None and time.time() >= self.spec.claim_until
-        return not (self.stopping() or self._drain.is_set() or too_many or too_late)
+        return not (self.stopping() or self._flags.draining or too_many or too_late)
 
     def run(self) -> int:
         """Work until no task is left, a stop, or a drain.
@@ -138,7 +180,6 @@ class Worker:
         while task is not None:
             self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
             outcome = self._execute(task)
-            process.reap_any()
             if outcome is None:
                 _LOGGER.info("task %d stopped: back in the queue", task.taskid)
                 if self.store.release(self.slot):
@@ -146,8 +187,7 @@ class Worker:
                 return EXIT_STOPPED
             retry = self._should_retry(outcome)
             if not (outcome.succeeded or retry):
-                with self._failures.get_lock():
-                    self._failures.value += 1
+                self._flags.add_failure(self.spec.worker)
             _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
             task = self.store.finish_and_claim(
                 self.slot, outcome, claim_next=self._claim_next(), retry=retry, tasklist=tasklist
@@ -176,10 +216,12 @@ class Worker:
         self.watcher.task_started()
         started = time.time()
         with log.handle:
-            returncode, reason = self._run_runner(task, log.handle)
+            returncode, reason = self._run_runner(task, log.handle) if not self.stopping() else (0, "")
         ended = time.time()
         verdict = self.watcher.task_ended()
-        if verdict.killed_for == STOP:
+        # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
+        process.kill_all_descendants(grace=self.spec.grace)
+        if verdict.killed_for == STOP or self._stopped_meanwhile(returncode):
             return None
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return Outcome(
@@ -193,6 +235,24 @@ class Worker:
             cpu_user=after.ru_utime - before.ru_utime,
             cpu_system=after.ru_stime - before.ru_stime,
         )
+
+    def _stopped_meanwhile(self, returncode: int) -> bool:
+        """Tell whether the task ended because the farm is stopping, though the watcher did not kill it.
+
+        A batch system ending a job (Slurm at its time limit, ``scancel``, HTCondor's ``condor_rm``) signals every
+        process of the job at once: the task may die of it before the watcher's next look. That task goes back to
+        the queue, it did not fail.
+        """
+        if self.stopping():
+            return True
+        if returncode not in _STOP_DEATHS:
+            return False
+        deadline = time.monotonic() + _STOP_SIGNAL_WAIT  # this worker's own SIGTERM may be a moment behind
+        while time.monotonic() < deadline:
+            if self.stopping():
+                return True
+            time.sleep(0.02)
+        return False
 
     def _peak_rss_kb(self, before: resource.struct_rusage, after: resource.struct_rusage) -> int:
         # The kernel's figure for the task's largest process; RUSAGE_CHILDREN only shows it when it beat the past.

@@ -316,7 +316,7 @@ class WorkDir:
 
     def _finish_or_record(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> list[Action]:
         status = "ok" if outcome.succeeded else outcome.status
-        records = [
+        records: list[Action] = [
             self._timeline_append(self._timeline_event(slot, outcome, status)),
             WriteAt(self.accounting.name, _files.size(self.accounting), _accounting_line(slot, outcome, status)),
         ]

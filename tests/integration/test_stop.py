@@ -3,16 +3,29 @@ process tree, returns those tasks to the queue and exits with status 3. No orpha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import textwrap
 import time
 import uuid
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 
 from taskfarmer.store import WorkDir
-from tests.helpers import LONG, cleanup, ids, lines, processes_with_env, start_farmer, wait_for, write_tasklist
+from tests.helpers import (
+    LONG,
+    cleanup,
+    ids,
+    lines,
+    processes_with_env,
+    run_farmer,
+    start_farmer,
+    wait_for,
+    write_tasklist,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -128,3 +141,56 @@ def test_workers_do_not_outlive_their_farmer(tmp_path: Path) -> None:
         wait_for(lambda: processes_with_env("TF_TEST_MARK", marker) == [], what="workers and tasks to end")
     assert _running(workdir) == 0, "the workers did not return their tasks"
     assert sorted(ids(workdir / "toprocess")) == list(range(5))
+
+
+def test_a_batch_system_signalling_every_process_gets_the_tasks_back(tmp_path: Path) -> None:
+    """Slurm at the time limit, scancel, condor_rm: SIGTERM reaches the farmer, its workers and the tasks at once."""
+    farmer, marker, workdir = _start_busy_farm(tmp_path)
+    with cleanup(farmer):
+        os.killpg(farmer.pid, signal.SIGTERM)
+        for proc in processes_with_env("TF_TEST_MARK", marker):
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+        _assert_stopped_cleanly(farmer, marker, workdir)
+
+
+def test_leftovers_that_cleared_their_environment_do_not_survive(tmp_path: Path) -> None:
+    token = f"{time.time() % 1000:.4f}"  # a sleep duration no other process uses
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"env -i sleep 3{token} & echo started"])
+    result = run_farmer(tasklist)
+    assert result.returncode == 0, result.stderr
+
+    def leftover() -> bool:
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.info["cmdline"] == ["sleep", f"3{token}"] and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+        return False
+
+    assert not leftover()
+
+
+def test_a_runner_whose_terminate_fails_still_gets_its_tasks_timed_out(tmp_path: Path, taskfarmer_home: Path) -> None:
+    (tmp_path / "brokenrunner.py").write_text(
+        textwrap.dedent(
+            """
+            from taskfarmer.runners import BasicRunner
+
+            class Broken(BasicRunner):
+                calls = 0
+
+                def terminate(self):
+                    Broken.calls += 1
+                    if Broken.calls == 1:
+                        raise RuntimeError("cannot terminate")
+                    return super().terminate()
+            """
+        )
+    )
+    (taskfarmer_home / "runners.d" / "b.ini").write_text("[broken]\nRunner = brokenrunner.Broken\ngrace = 1\n")
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 30", "sleep 30"])
+    result = run_farmer(
+        tasklist, "-r", "broken", "-n", "1", "--task-timeout", "1", env={"PYTHONPATH": str(tmp_path)}, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert sorted(lines(tmp_path / "t.txt_workdir" / "failed")) == ["0 timeout sleep 30", "1 timeout sleep 30"]

@@ -176,3 +176,39 @@ def test_a_zombie_holder_is_dead(tmp_path: Path) -> None:
     assert store.claim(replace(slot, worker=1, holder=zombie)) is not None
     assert len(store.recover_dead(me=farmer.name)) == 1
     child.wait()
+
+
+def test_a_task_given_back_while_it_ran_is_only_accounted_when_it_ends(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path, count=2)
+    task = store.claim(slot)
+    assert task is not None
+    assert [t.taskid for t in store.forget_farmer(farmer.name)] == [0]  # e.g. its lease expired
+    running = replace(slot, task=task.taskid, command=task.command)
+    assert store.finish_and_claim(running, Outcome(0, 1.0, 2.0), claim_next=False) is None
+    assert store.finished.read_text() == ""
+    assert [line.split()[0] for line in store.toprocess.read_text().splitlines()] == ["1", "0@2"]
+    assert len(store.accounting.read_text().splitlines()) == 2  # the header and this attempt
+
+
+def test_another_local_farmer_leaves_a_live_farmers_dead_worker_to_it(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path)
+    dead_worker = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
+    assert store.claim(dead_worker) is not None
+    assert store.recover_dead(me="some-other-farmer") == []  # its own farmer kills what it left, then recovers
+    assert len(store.recover_dead(me=farmer.name)) == 1
+
+
+def test_a_half_written_appended_line_waits_for_its_newline(tmp_path: Path) -> None:
+    tasklist = tmp_path / "tasks.txt"
+    tasklist.write_text("a\nb\n")
+    store = WorkDir(tmp_path / "wd")
+    store.create()
+    store.sync_tasklist(tasklist)
+    with tasklist.open("a") as handle:
+        handle.write("c\nd")  # a generator in the middle of writing "def\n"
+    store.sync_tasklist(tasklist)
+    assert store.toprocess.read_text() == "2 c\n1 b\n0 a\n"
+    with tasklist.open("a") as handle:
+        handle.write("ef\n")
+    store.sync_tasklist(tasklist)
+    assert store.toprocess.read_text() == "3 def\n2 c\n1 b\n0 a\n"

@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
 from taskfarmer.store import _files
 from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt, _encode
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def test_read_last_line_of_a_stack(tmp_path: Path) -> None:
@@ -52,7 +49,8 @@ def test_journal_commit_applies_every_action(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"0 x\n1 y\n")
     (tmp_path / "tmp").write_bytes(b"new")
     (tmp_path / "gone").write_bytes(b"")
-    Journal(tmp_path, sync=False).commit([Truncate("a", 4), WriteAt("b", 0, b"hello"), Replace("tmp", "c"), Unlink("gone")])
+    actions: list[Action] = [Truncate("a", 4), WriteAt("b", 0, b"hello"), Replace("tmp", "c"), Unlink("gone")]
+    Journal(tmp_path, sync=False).commit(actions)
     assert (tmp_path / "a").read_bytes() == b"0 x\n"
     assert (tmp_path / "b").read_bytes() == b"hello"
     assert (tmp_path / "c").read_bytes() == b"new"
@@ -90,3 +88,17 @@ def test_journal_discards_a_torn_record(tmp_path: Path) -> None:
 
 def _encoded(action: Action) -> dict[str, object]:
     return _encode(action)
+
+
+def test_filesystem_type_of_a_path() -> None:
+    mountinfo = (
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        "40 27 0:50 / /global/cscratch1 rw - lustre 10.0.0.1@o2ib:/scratch rw,flock\n"
+        "41 27 0:51 / /home/my\\040docs rw - nfs4 server:/home rw\n"
+    )
+    assert _files.filesystem_type(Path("/global/cscratch1/sd/me/wd"), mountinfo=mountinfo) == "lustre"
+    assert _files.filesystem_type(Path("/home/my docs/wd"), mountinfo=mountinfo) == "nfs4"
+    assert _files.filesystem_type(Path("/global/cscratch10"), mountinfo=mountinfo) == "ext4"
+    assert "lustre" in _files.NETWORK_FILESYSTEMS
+    assert "ext4" not in _files.NETWORK_FILESYSTEMS
