@@ -68,8 +68,9 @@ class Display:
             self._running.pop(event[1], None)
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:
-            self._next_refresh = now + _REFRESH
             self._counts = self._store.counts()
+            # Counting reads the state files: on a huge list, look less often (at most ~2 % of the time).
+            self._next_refresh = time.monotonic() + max(_REFRESH, 50 * (time.monotonic() - now))
             self._live.update(self._render())
         elif self._live is None and not self._quiet and now >= self._next_line:
             self._next_line = now + self._interval

@@ -89,7 +89,8 @@ class FarmerResult:
     ran: int = 0
     failed: int = 0
     retried: int = 0
-    returned: list[int] = field(default_factory=list)
+    returned: list[int] = field(default_factory=list)  # this farmer's running tasks it gave back when stopping
+    recovered: list[int] = field(default_factory=list)  # tasks of dead farmers it put back in the queue
 
 
 class Farmer:
@@ -149,7 +150,7 @@ class Farmer:
             self._flags.drain()  # a farmer started during a drain claims nothing
         self.store.register(self.record)
         try:
-            self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+            self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
             self._farm()
         finally:
             self._shutdown()
@@ -194,7 +195,7 @@ class Farmer:
         if self.options.claim_until is not None and time.time() >= self.options.claim_until:
             self.result.out_of_time = True
             return False
-        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self.store.toprocess.stat().st_size > 0:
             for slot in range(self.options.processes):
                 self._start_worker(slot)
@@ -207,7 +208,7 @@ class Farmer:
 
     def _heartbeat(self) -> None:
         self.store.heartbeat(self.record)
-        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
 
     def _drain_events(self, timeout: float) -> None:
         """Pass on the workers' events, at most every *timeout* seconds; return early when a worker ended.
@@ -289,7 +290,7 @@ class Farmer:
         _LOGGER.warning("worker %d died (exit status %s): its task goes back to the queue", slot, exitcode)
         process.kill_marked(SLOT_VARIABLE, f"{self.record.name}.{slot}", grace=self.options.grace)
         self._cleanup_runner()
-        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         now = time.monotonic()
         deaths = [t for t in self._deaths.get(slot, []) if now - t < _RESPAWN_WINDOW] + [now]
         self._deaths[slot] = deaths
@@ -326,6 +327,7 @@ class Farmer:
         process.kill_farm_leftovers(grace=grace)
         self._cleanup_runner()
         self._drain_events(0)
+        # Now mostly the tasks of this farmer's workers that had to be killed: count them as given back.
         self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         self.store.unregister(self.record)
 
