@@ -5,8 +5,9 @@ The only module that prints errors and picks exit statuses:
     0  every task of the list finished (none failed, none left to process)
     1  the list is done, but some tasks failed (see WORKDIR/failed)
     2  bad input: nothing ran, nothing changed
-    3  stopped early (signal, --timeout, or workers that keep dying): running tasks went back to the queue;
-       run the same command again to go on
+    3  stopped early (signal, --timeout, drain, --max-failures, end of the allocation): running tasks went back
+       to the queue; run the same command again to go on
+    4  stopped because its workers kept dying (a broken runner or environment): fix it before running again
     130  stopped at once by a second Ctrl-C
 """
 
@@ -31,6 +32,7 @@ EXIT_OK: Final = 0
 EXIT_FAILED_TASKS: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_STOPPED: Final = 3
+EXIT_BROKEN: Final = 4
 EXIT_INTERRUPTED: Final = 130
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from taskfarmer import allocation, config, gpus
-from taskfarmer.cli import EXIT_FAILED_TASKS, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, check_tasklist_has_tasks
+from taskfarmer.cli import (
+    EXIT_BROKEN,
+    EXIT_FAILED_TASKS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    check_tasklist_has_tasks,
+)
 from taskfarmer.display import Display
 from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
 from taskfarmer.store import Counts, IngestResult, WorkDir, default_lock_path
@@ -112,6 +119,8 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
             f"pytaskfarmer: stopped ({result.stopped.value}): {len(result.returned)} running tasks went back to the"
             f" queue. Run the same command again to go on (work directory {store.path}).\n"
         )
+        if result.stopped is StopReason.WORKERS_FAILING:
+            return EXIT_BROKEN
         return EXIT_INTERRUPTED if result.stopped is StopReason.IMMEDIATE else EXIT_STOPPED
     if counts.failed:
         sys.stderr.write(f"pytaskfarmer: {counts.failed} tasks failed: see {store.failed}\n")

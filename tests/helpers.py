@@ -127,6 +127,7 @@ def write_tasklist(path: Path, commands: Sequence[str]) -> Path:
     return path
 
 
+@functools.cache
 def engine_available(name: str) -> str | None:
     """:returns: ``None`` when the engine can be used from tests, else why not"""
     probes: dict[str, Callable[[], str | None]] = {

@@ -12,10 +12,10 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cache
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import psutil
 
@@ -115,9 +115,21 @@ class FarmerRecord:
     @classmethod
     def from_json(cls, data: bytes) -> FarmerRecord:
         """:returns: a record read back; raises ``ValueError``/``KeyError``/``TypeError`` on a damaged one"""
-        raw = json.loads(data)
-        raw["holder"] = Holder(**raw["holder"])
-        return cls(**raw)
+        return _from_fields(cls, json.loads(data))
+
+
+_Record = TypeVar("_Record", "FarmerRecord", "SlotRecord")
+
+
+def _from_fields(cls: type[_Record], raw: dict[str, Any]) -> _Record:
+    """Build a record from its JSON, ignoring fields it does not know: a farmer of a newer version may share the
+    work directory, and taking its records for damaged ones would make its live tasks look abandoned.
+    """
+    known = {f.name for f in fields(cls)}
+    values = {key: value for key, value in raw.items() if key in known}
+    holder = raw["holder"]
+    values["holder"] = Holder(**{key: holder[key] for key in ("host", "boot", "pid", "ctime")})
+    return cls(**values)
 
 
 def farmer_pid(name: str) -> int:
@@ -146,9 +158,7 @@ class SlotRecord:
         """:returns: the record, or ``None`` for an idle slot"""
         if not data.strip():
             return None
-        raw = json.loads(data)
-        raw["holder"] = Holder(**raw["holder"])
-        return cls(**raw)
+        return _from_fields(cls, json.loads(data))
 
     def stack_entry(self) -> bytes:
         """:returns: the ``toprocess`` line that puts this task back in the queue, for its next attempt"""

@@ -247,3 +247,19 @@ def test_python_dash_m_entry_point() -> None:
     assert result.returncode == 0
     assert "run" in result.stdout
     assert "status" in result.stdout
+
+
+def test_workers_that_keep_dying_stop_the_farmer_with_its_own_status(tmp_path: Path, taskfarmer_home: Path) -> None:
+    (tmp_path / "dyingrunner.py").write_text(
+        "import os\n"
+        "from taskfarmer.runners import Runner\n"
+        "class Dying(Runner):\n"
+        "    def run(self, taskid, command, logfh):\n"
+        "        os._exit(9)\n"
+    )
+    (taskfarmer_home / "runners.d" / "d.ini").write_text("[dying]\nRunner = dyingrunner.Dying\n")
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true"] * 3)
+    result = run_farmer(tasklist, "-r", "dying", "-n", "1", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 4, result.stderr
+    assert "workers keep dying" in result.stderr
+    assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1, 2]  # nothing lost

@@ -212,3 +212,15 @@ def test_a_half_written_appended_line_waits_for_its_newline(tmp_path: Path) -> N
         handle.write("ef\n")
     store.sync_tasklist(tasklist)
     assert store.toprocess.read_text() == "3 def\n2 c\n1 b\n0 a\n"
+
+
+def test_records_of_a_newer_farmer_version_are_read_not_taken_for_damaged(tmp_path: Path) -> None:
+    store, farmer, _ = _store(tmp_path)
+    remote_slot = _remote(store, lease=60.0, age=5.0)
+    newer = json.loads((store.farmers / remote_slot.farmer).read_text())
+    newer["gpu_model"] = "A100"  # a field this version does not know
+    newer["holder"]["namespace"] = "pid:[4026531836]"
+    (store.farmers / remote_slot.farmer).write_text(json.dumps(newer))
+    assert remote_slot.farmer in store.read_farmers()
+    assert store.claim(remote_slot) is not None
+    assert store.recover_dead(me=farmer.name) == []  # alive: its heartbeat is recent

@@ -1,0 +1,141 @@
+"""A farmer on another host that dies is recovered after its lease, not before: two "hosts" without a scheduler.
+
+Each farmer runs in a UTS namespace of its own (``unshare -u``) with a hostname of its own, on one shared work
+directory: to each other they are farmers on other hosts, whose death only a heartbeat older than ``--lease`` can
+show. One is killed with SIGKILL (all its processes at once, as when its node is lost) while it runs tasks.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import psutil
+import pytest
+
+from tests.helpers import LONG, cleanup, farmer_argv, ids, lines, processes_with_env, wait_for, write_tasklist
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+pytestmark = pytest.mark.timeout(120)
+
+LEASE: Final = 8  # seconds
+TASKS: Final = 12
+TASK_SECONDS: Final = 2
+# Set the hostname in the new UTS namespace, then become the farmer (no `hostname` program needed).
+SET_HOSTNAME: Final = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def _uts_prefix() -> list[str] | None:
+    """:returns: how to start a process in a UTS namespace of its own here, ``None`` when this is not permitted"""
+    for prefix in (["unshare", "--uts"], ["unshare", "--user", "--map-root-user", "--uts"]):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            probe = [*prefix, sys.executable, "-c", SET_HOSTNAME, "probe", "/bin/true"]
+            if subprocess.run(probe, capture_output=True, timeout=LONG, check=False).returncode == 0:
+                return prefix
+    return None
+
+
+@pytest.fixture(scope="module")
+def uts_prefix() -> list[str]:
+    prefix = _uts_prefix()
+    if prefix is None:
+        pytest.skip("unshare --uts is not permitted here (neither as root nor in a user namespace)")
+    return prefix
+
+
+def _start_on_host(prefix: list[str], host: str, tasklist: Path, workdir: Path, marker: str) -> subprocess.Popen[str]:
+    argv = farmer_argv(tasklist, "--proc", "2", "--lease", str(LEASE), "--workdir", str(workdir))
+    env = {key: value for key, value in os.environ.items() if key != "SLURMD_NODENAME"}  # the hostname decides
+    env["TF_TEST_MARK"] = marker
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-c", SET_HOSTNAME, host, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _held_by(workdir: Path, host: str) -> dict[int, float]:
+    """:returns: the tasks that farmers on *host* hold in ``running/``, with their start time"""
+    held = {}
+    for path in (workdir / "running").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            record: dict[str, Any] = json.loads(path.read_bytes())
+            if record["holder"]["host"] == host:
+                held[int(record["task"])] = float(record["started"])
+    return held
+
+
+def _freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
+    """Stop every process *find* returns until it finds no new one (none can react to another's death), then
+    SIGKILL them all: as if their host was lost at once. :returns: how many processes were killed
+    """
+    stopped: dict[int, psutil.Process] = {}
+    while new := [proc for proc in find() if proc.pid not in stopped]:
+        for proc in new:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
+            stopped[proc.pid] = proc
+    for proc in stopped.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    return len(stopped)
+
+
+def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: Path, uts_prefix: list[str]) -> None:
+    out = tmp_path / "runs"
+    tasklist = write_tasklist(
+        tmp_path / "tasks.txt",
+        [f'echo "$PROC_NUMBER $TASKFARMER_HOST $TASKFARMER_ATTEMPT" >> {out}; sleep {TASK_SECONDS}'] * TASKS,
+    )
+    workdir = tmp_path / "workdir"
+    marker = f"uts-{os.getpid()}-{tmp_path.name}"
+    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
+    survivor = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+    with cleanup(doomed, survivor):
+        lost: dict[int, float] = {}
+
+        def doomed_runs_fresh_tasks() -> bool:
+            # Two tasks that started less than 1 s ago (of 2 s): neither can end before the kill.
+            nonlocal lost
+            lost = _held_by(workdir, "nodeA")
+            return len(lost) == 2 and all(time.time() - started < 1.0 for started in lost.values())
+
+        wait_for(doomed_runs_fresh_tasks, what="the farmer on nodeA to run two fresh tasks")
+        killed = _freeze_then_kill(lambda: processes_with_env("TF_TEST_MARK", f"{marker}-A"))
+        killed_at = time.monotonic()
+        assert killed >= 5, "the farmer, its 2 workers and their 2 tasks at least"
+        assert doomed.wait(timeout=LONG) == -signal.SIGKILL
+
+        # For most of the lease, nodeB cannot tell a dead farmer from a busy one: the tasks stay nodeA's.
+        while time.monotonic() < killed_at + 0.7 * LEASE:
+            assert set(_held_by(workdir, "nodeA")) == set(lost), "nodeA's tasks were taken before its lease ended"
+            assert survivor.poll() is None, "nodeB gave up while nodeA's tasks were still leased"
+            time.sleep(0.1)
+        wait_for(lambda: not _held_by(workdir, "nodeA"), timeout=LEASE, what="nodeA's lease to expire")
+        recovered_after = time.monotonic() - killed_at
+        assert recovered_after >= 0.7 * LEASE
+
+        stdout, stderr = survivor.communicate(timeout=LONG + LEASE)
+        assert survivor.returncode == 0, stderr
+    assert sorted(ids(workdir / "finished")) == list(range(TASKS))
+    assert lines(workdir / "failed") == []
+    runs = [line.split() for line in lines(out)]
+    counts = collections.Counter(int(task) for task, _, _ in runs)
+    assert sorted(counts) == list(range(TASKS)), "every task ran"
+    # A lost task may have been frozen before it wrote its first line: the second attempts tell which ran again.
+    assert {task for task, n in counts.items() if n > 1} <= set(lost), f"only nodeA's tasks ran again: {counts}"
+    reruns = {(int(task), host, int(attempt)) for task, host, attempt in runs if int(task) in lost and attempt != "1"}
+    assert reruns == {(task, "nodeB", 2) for task in lost}, stdout
