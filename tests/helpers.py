@@ -167,3 +167,31 @@ def _docker_probe() -> str | None:
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
     return None
+
+
+def freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
+    """Stop every process *find* returns until it finds no new one (none can react to another's death), then
+    SIGKILL them all: as if their node (host) was lost at once. :returns: how many processes were killed
+    """
+    stopped: dict[int, psutil.Process] = {}
+    while new := [proc for proc in find() if proc.pid not in stopped]:
+        for proc in new:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGSTOP)
+            stopped[proc.pid] = proc
+    for proc in stopped.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    return len(stopped)
+
+
+def throttled(predicate: Callable[[], bool], every: float = 0.5) -> Callable[[], bool]:
+    """:returns: *predicate*, evaluated at most once per *every* seconds (the cached answer in between)"""
+    last = [float("-inf"), False]
+
+    def check() -> bool:
+        if time.monotonic() - last[0] >= every:
+            last[:] = [time.monotonic(), predicate()]
+        return bool(last[1])
+
+    return check

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from tests.helpers import LONG, REPO, ids, lines, wait_for, write_tasklist
+from tests.helpers import LONG, REPO, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.timeout(300)]
 
@@ -86,18 +86,6 @@ class Pool:
             subprocess.run(["condor_rm", cluster], capture_output=True, cwd=self.jobdir, timeout=LONG, check=False)
         for cluster in self.clusters:
             self.wait_gone(cluster, timeout=LONG)
-
-
-def throttled(predicate: Callable[[], bool], every: float = POLL) -> Callable[[], bool]:
-    """:returns: *predicate*, evaluated at most once per *every* seconds (the cached answer in between)"""
-    last = [float("-inf"), False]
-
-    def check() -> bool:
-        if time.monotonic() - last[0] >= every:
-            last[:] = [time.monotonic(), predicate()]
-        return bool(last[1])
-
-    return check
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Final
 import psutil
 import pytest
 
-from tests.helpers import LONG, REPO, ids, lines, wait_for, write_tasklist
+from tests.helpers import LONG, REPO, freeze_then_kill, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
@@ -137,18 +136,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         submitted.cancel_all()
 
 
-def throttled(predicate: Callable[[], bool], every: float = POLL) -> Callable[[], bool]:
-    """:returns: *predicate*, evaluated at most once per *every* seconds (the cached answer in between)"""
-    last = [float("-inf"), False]
-
-    def check() -> bool:
-        if time.monotonic() - last[0] >= every:
-            last[:] = [time.monotonic(), predicate()]
-        return bool(last[1])
-
-    return check
-
-
 def _tasklist(tmp_path: Path, count: int, seconds: float) -> tuple[Path, Path, Path]:
     """:returns: a tasklist of *count* tasks of *seconds* each, its work directory, and the file the tasks append to"""
     out = tmp_path / "runs"
@@ -191,22 +178,6 @@ def _assert_job_completed(records: list[dict[str, str]], diagnostics: str) -> No
     for record in records:
         assert record.get("JobState") == "COMPLETED", f"{record.get('JobId')}: {record.get('JobState')}\n{diagnostics}"
         assert record.get("ExitCode") == "0:0", f"{record.get('JobId')}: exit {record.get('ExitCode')}\n{diagnostics}"
-
-
-def _freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
-    """Stop every process *find* returns until it finds no new one (none can react to another's death), then
-    SIGKILL them all: as if their node was lost at once. :returns: how many processes were killed
-    """
-    stopped: dict[int, psutil.Process] = {}
-    while new := [proc for proc in find() if proc.pid not in stopped]:
-        for proc in new:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGSTOP)
-            stopped[proc.pid] = proc
-    for proc in stopped.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    return len(stopped)
 
 
 def _farmer_processes(pid: int, name: str) -> list[psutil.Process]:
@@ -309,7 +280,7 @@ def test_a_farmer_killed_on_one_node_has_its_tasks_recovered_after_the_lease(tmp
     assert record is not None
     pid = int(record["holder"]["pid"])
     lost = set(farmers[victim])
-    killed = _freeze_then_kill(lambda: _farmer_processes(pid, victim))
+    killed = freeze_then_kill(lambda: _farmer_processes(pid, victim))
     killed_at = time.monotonic()
     assert killed >= 5, "the farmer, its 2 workers, their 2 tasks at least"
     assert len(lost) == 2

@@ -17,13 +17,21 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import psutil
 import pytest
 
-from tests.helpers import LONG, cleanup, farmer_argv, ids, lines, processes_with_env, wait_for, write_tasklist
+from tests.helpers import (
+    LONG,
+    cleanup,
+    farmer_argv,
+    freeze_then_kill,
+    ids,
+    lines,
+    processes_with_env,
+    wait_for,
+    write_tasklist,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,22 +86,6 @@ def _held_by(workdir: Path, host: str) -> dict[int, float]:
     return held
 
 
-def _freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
-    """Stop every process *find* returns until it finds no new one (none can react to another's death), then
-    SIGKILL them all: as if their host was lost at once. :returns: how many processes were killed
-    """
-    stopped: dict[int, psutil.Process] = {}
-    while new := [proc for proc in find() if proc.pid not in stopped]:
-        for proc in new:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGSTOP)
-            stopped[proc.pid] = proc
-    for proc in stopped.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    return len(stopped)
-
-
 def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: Path, uts_prefix: list[str]) -> None:
     out = tmp_path / "runs"
     tasklist = write_tasklist(
@@ -114,7 +106,7 @@ def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: P
             return len(lost) == 2 and all(time.time() - started < 1.0 for started in lost.values())
 
         wait_for(doomed_runs_fresh_tasks, what="the farmer on nodeA to run two fresh tasks")
-        killed = _freeze_then_kill(lambda: processes_with_env("TF_TEST_MARK", f"{marker}-A"))
+        killed = freeze_then_kill(lambda: processes_with_env("TF_TEST_MARK", f"{marker}-A"))
         killed_at = time.monotonic()
         assert killed >= 5, "the farmer, its 2 workers and their 2 tasks at least"
         assert doomed.wait(timeout=LONG) == -signal.SIGKILL
