@@ -10,9 +10,9 @@ directory) with two parallel jobs, so the figures measure each tool's overhead p
 - optionally, with ``--pytaskfarmer-legacy PATH``, the ``pytaskfarmer.py`` script of PyTaskFarmer 0.1.0, on
   the smallest list only (its claim is O(N) per task, so it is slow on long lists).
 
-The table gives the best wall-clock time of ``--repeat`` runs, the tasks per second and the time relative to
-``xargs`` on the same list. The absolute figures depend on the machine (and on what else runs on it); compare the
-ratios. Run it with the project's Python::
+The table gives the best wall-clock time of ``--repeat`` runs, the tasks per second, and that throughput as a
+fraction of ``xargs``'s on the same list (``0.50x``: half as many tasks per second). The absolute figures depend
+on the machine (and on what else runs on it); compare the ratios. Run it with the project's Python::
 
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --sizes 2000 --repeat 3 \\
@@ -149,9 +149,9 @@ def measure(tool: Tool, tasklist: Path, *, tasks: int, repeat: int) -> Result:
 
 def format_table(results: list[Result]) -> str:
     baseline = {result.tasks: result.seconds for result in results if result.tool.startswith("xargs")}
-    lines = [f"{'tool':<20} {'tasks':>7} {'seconds':>8} {'tasks/s':>8} {'vs xargs':>9}"]
+    lines = [f"{'tool':<20} {'tasks':>7} {'seconds':>8} {'tasks/s':>8} {'x xargs':>9}"]
     for result in results:
-        ratio = result.seconds / baseline[result.tasks]
+        ratio = baseline[result.tasks] / result.seconds  # throughput as a fraction of xargs's
         rate = result.tasks / result.seconds
         lines.append(f"{result.tool:<20} {result.tasks:>7} {result.seconds:>8.2f} {rate:>8.0f} {ratio:>8.2f}x")
     return "\n".join(lines)

@@ -11,14 +11,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from taskfarmer.status import format_duration as _duration
 
 if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.live import Live
+
     from taskfarmer.store import WorkDir
 
 PLAIN_INTERVAL: Final = 60.0  # seconds between two progress lines in a batch log: never a flood
@@ -44,16 +42,24 @@ class Display:
         self._running: dict[int, tuple[int, str, float]] = {}  # worker -> (task, command, started)
         self._live: Live | None = None
         if not quiet and self._stream.isatty():
-            self._progress = Progress(
-                TextColumn("[bold]tasks"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
-            )
-            self._bar = self._progress.add_task("tasks", total=self._counts.total, completed=self._done, detail="")
-            self._live = Live(self._render(), console=Console(file=self._stream), refresh_per_second=4, transient=False)
-            self._live.start()
+            self._start_live()
+
+    def _start_live(self) -> None:
+        # rich is imported only here: a batch job's farmer (no terminal) does not pay for it at start-up.
+        from rich.console import Console  # noqa: PLC0415
+        from rich.live import Live  # noqa: PLC0415
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+        self._progress = Progress(
+            TextColumn("[bold]tasks"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+        )
+        self._bar = self._progress.add_task("tasks", total=self._counts.total, completed=self._done, detail="")
+        self._live = Live(self._render(), console=Console(file=self._stream), refresh_per_second=4, transient=False)
+        self._live.start()
 
     @property
     def _done(self) -> int:
@@ -98,6 +104,9 @@ class Display:
         )
 
     def _render(self) -> Group:
+        from rich.console import Group  # noqa: PLC0415  # see _start_live
+        from rich.table import Table  # noqa: PLC0415
+
         counts = self._counts
         detail = (
             f"[green]{counts.finished} finished[/] [red]{counts.failed} failed[/] {counts.running} running"
