@@ -8,9 +8,10 @@ other, in three ways:
 - ``pytaskfarmer.py --proc 1`` on a tasklist of N lines: the whole farmer, start-up and checks included.
 
 The table gives the total wall-clock time, the time per task and the ratio to the baseline. The absolute figures
-depend on the machine and on what else runs on it: compare the ratios. For Docker, start an engine first::
+depend on the machine and on what else runs on it: compare the ratios. Bring the engines up first::
 
-    eval "$(ci/docker-up.sh /tmp/tf-docker)"
+    eval "$(ci/docker-up.sh /tmp/tf-docker | tail -n 1)"
+    eval "$(ci/apptainer-install.sh /tmp/tf-apptainer | grep '^export ')"
     .venv/bin/python benchmarks/runners.py --tasks 50
 """
 
@@ -121,17 +122,41 @@ def docker_rows(tasks: int, *, image: str, scratch: Path) -> list[Row]:
     return rows
 
 
-RUNNERS: Final[dict[str, Callable[..., list[Row]]]] = {"docker": docker_rows}
+def apptainer_rows(tasks: int, *, image: str, scratch: Path) -> list[Row]:
+    """Apptainer: ``apptainer exec IMAGE true`` against ApptainerRunner, directly and through the farmer.
+
+    :param image: a SIF or sandbox with ``/bin/sh`` and ``true`` (``ci/apptainer-install.sh`` builds one)
+    """
+    from taskfarmer.runners.apptainer import ApptainerRunner  # noqa: PLC0415  # after sys.path is set
+
+    rows = []
+    executable = shutil.which("apptainer") or shutil.which("singularity")
+    if executable is None or not image:
+        msg = "apptainer: no engine on PATH or no image (--apptainer-image, or $TASKFARMER_TEST_SIF)"
+        raise BenchmarkError(msg)
+    bare = [executable, "exec", image, "true"]
+    rows.append(Row("apptainer", "apptainer exec (CLI)", tasks, _timed(lambda: _repeat_cli(bare, tasks))))
+    runner = ApptainerRunner(image=image, shell="/bin/sh")  # noqa: S604  # the container's shell, not shell=True
+    runner.preflight(workdir=scratch / "preflight")
+    rows.append(Row("apptainer", "ApptainerRunner.run", tasks, _timed(lambda: _repeat_runner(runner, tasks, scratch))))
+    definition = f"[bench]\nRunner = ApptainerRunner\nimage = {image}\nshell = /bin/sh\n"
+    rows.append(
+        Row("apptainer", "pytaskfarmer.py -n 1", tasks, _timed(lambda: _farm(definition, "bench", tasks, scratch)))
+    )
+    return rows
+
+
+RUNNERS: Final[dict[str, Callable[..., list[Row]]]] = {"apptainer": apptainer_rows, "docker": docker_rows}
 
 
 def print_table(rows: list[Row]) -> None:
     """Print the rows, each with its ratio to the first row of the same runner kind (the engine's baseline)."""
-    print(f"{'runner':8} {'way':24} {'tasks':>6} {'total s':>8} {'ms/task':>8} {'ratio':>6}")
+    print(f"{'runner':10} {'way':24} {'tasks':>6} {'total s':>8} {'ms/task':>8} {'ratio':>6}")
     baseline: dict[str, float] = {}
     for row in rows:
         base = baseline.setdefault(row.runner, row.per_task_ms)
         print(
-            f"{row.runner:8} {row.way:24} {row.tasks:6d} {row.seconds:8.2f} {row.per_task_ms:8.1f}"
+            f"{row.runner:10} {row.way:24} {row.tasks:6d} {row.seconds:8.2f} {row.per_task_ms:8.1f}"
             f" {row.per_task_ms / base:6.2f}"
         )
 
@@ -141,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=50, help="tasks per measurement (default: 50)")
     parser.add_argument("--runners", nargs="+", choices=sorted(RUNNERS), default=sorted(RUNNERS))
     parser.add_argument("--docker-image", default="local/busybox", help="image for docker (default: local/busybox)")
+    parser.add_argument(
+        "--apptainer-image", default=os.environ.get("TASKFARMER_TEST_SIF", ""), help="SIF for apptainer"
+    )
     args = parser.parse_args(argv)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tf-bench-runners-") as scratch:
         for name in args.runners:
-            options = {"image": args.docker_image} if name == "docker" else {}
+            options = {"image": args.docker_image if name == "docker" else args.apptainer_image}
             rows.extend(RUNNERS[name](args.tasks, scratch=Path(scratch), **options))
     print_table(rows)
     return 0
