@@ -211,10 +211,15 @@ FAKES: Final = {"shifter": SHIFTER, "pixi": PIXI, "pixi-unpack": PIXI_UNPACK}
 
 def install_fakes(bin_dir: Path, names: tuple[str, ...] = tuple(FAKES)) -> Path:
     """Write the fake executables *names* into *bin_dir* (created). :returns: *bin_dir*"""
+    return install_python_fakes(bin_dir, {name: FAKES[name] for name in names})
+
+
+def install_python_fakes(bin_dir: Path, sources: dict[str, str]) -> Path:
+    """Write each Python *sources* entry as an executable of that name in *bin_dir* (created). :returns: *bin_dir*"""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
+    for name, source in sources.items():
         path = bin_dir / name
-        path.write_text(f"#!{sys.executable}\n{FAKES[name]}")
+        path.write_text(f"#!{sys.executable}\n{source}")
         path.chmod(0o755)
     return bin_dir
 

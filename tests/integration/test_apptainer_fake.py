@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import textwrap
 from typing import TYPE_CHECKING, Final
 
@@ -20,6 +19,7 @@ import pytest
 from taskfarmer.runners.apptainer import find_engine
 from taskfarmer.runners.base import TASK_KEY_VARIABLE
 from tests.helpers import LONG, ids, lines, run_farmer, write_tasklist
+from tests.integration.fakes import install_python_fakes, write_script
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -92,26 +92,10 @@ os.execvpe(command[0], command, environ)
 """
 
 
-def _install(bin_dir: Path, *names: str) -> Path:
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        fake = bin_dir / name
-        fake.write_text(f"#!{sys.executable}\n{FAKE}")
-        fake.chmod(0o755)
-    return bin_dir
-
-
-def _script(path: Path, body: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/bash\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 def engine_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fake ``apptainer`` first on PATH (the host's /usr/bin behind it). :returns: the log of its calls"""
-    bin_dir = _install(tmp_path / "bin", "apptainer")
+    bin_dir = install_python_fakes(tmp_path / "bin", {"apptainer": FAKE})
     log = tmp_path / "engine.log"
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv(LOG_VARIABLE, str(log))
@@ -235,7 +219,7 @@ def test_a_failing_setup_fails_the_task(tmp_path: Path, taskfarmer_home: Path, e
 def test_singularity_runner_prefers_singularity(
     tmp_path: Path, taskfarmer_home: Path, engine_log: Path, image: Path
 ) -> None:
-    _install(tmp_path / "bin", "singularity")
+    install_python_fakes(tmp_path / "bin", {"singularity": FAKE})
     _define(taskfarmer_home, f"[s]\nRunner = SingularityRunner\nimage = {image}\nshell = /bin/sh\n")
     result = run_farmer(write_tasklist(tmp_path / "tasks.txt", ["true"]), "-r", "s", "-n", "1")
     assert result.returncode == 0, result.stderr
@@ -249,7 +233,7 @@ def test_apptainer_runner_falls_back_to_singularity(
     tmp_path: Path, taskfarmer_home: Path, engine_log: Path, image: Path
 ) -> None:
     (tmp_path / "bin" / "apptainer").unlink()
-    _install(tmp_path / "bin", "singularity")
+    install_python_fakes(tmp_path / "bin", {"singularity": FAKE})
     _define(taskfarmer_home, f"[a]\nRunner = ApptainerRunner\nimage = {image}\n")
     result = run_farmer(write_tasklist(tmp_path / "tasks.txt", ["true"]), "-r", "a", "-n", "1")
     assert result.returncode == 0, result.stderr
@@ -286,7 +270,7 @@ def test_a_hanging_or_failing_engine_is_one_clear_error(
 ) -> None:
     body, problem = case
     bin_dir = tmp_path / "bad-bin"
-    _script(bin_dir / "apptainer", body)
+    write_script(bin_dir / "apptainer", body)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     _define(taskfarmer_home, f"[a]\nRunner = ApptainerRunner\nimage = {image}\nprobe_timeout = 1\n")
     result = run_farmer(write_tasklist(tmp_path / "tasks.txt", ["true"]), "-r", "a", timeout=30)
