@@ -26,7 +26,6 @@ Python::
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Final
 
 import psutil
+from _common import count_lines, nproc, write_tasklist
 
 REPO: Final = Path(__file__).resolve().parent.parent
 FARMER: Final = REPO / "bin" / "pytaskfarmer.py"
@@ -126,20 +126,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.small < args.large or args.timeout <= 0 or args.proc < 1:
         parser.error("need 0 < --small < --large, --timeout > 0 and --proc >= 1")
     return args
-
-
-def write_tasklist(directory: Path, tasks: int) -> Path:
-    path = directory / f"true_{tasks}.txt"
-    path.write_bytes(b"true\n" * tasks)
-    return path
-
-
-def count_lines(path: Path) -> int:
-    """:returns: the number of lines of *path*, 0 when it does not exist"""
-    if not path.exists():
-        return 0
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes], *, start: float) -> float:
@@ -254,10 +240,6 @@ def format_table(small: Run, large: Run) -> str:
             ratio_row("peak RSS worker (MiB)", small.peak.worker / MIB, large.peak.worker / MIB),
         ]
     )
-
-
-def nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:

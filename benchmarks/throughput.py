@@ -22,7 +22,6 @@ on the machine (and on what else runs on it); compare the ratios. Run it with th
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from _common import count_lines, nproc, write_tasklist
 
 REPO: Final = Path(__file__).resolve().parent.parent
 FARMER: Final = REPO / "bin" / "pytaskfarmer.py"
@@ -105,20 +106,6 @@ def tools(legacy: Path | None, smallest: int) -> list[Tool]:
     return found
 
 
-def write_tasklist(directory: Path, tasks: int) -> Path:
-    path = directory / f"true_{tasks}.txt"
-    path.write_bytes(b"true\n" * tasks)
-    return path
-
-
-def count_lines(path: Path) -> int:
-    """:returns: the number of lines of *path*, 0 when it does not exist"""
-    if not path.exists():
-        return 0
-    with path.open("rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
 def run_once(tool: Tool, tasklist: Path, *, tasks: int) -> float:
     """Run *tool* on *tasklist* in a fresh work directory. :returns: wall-clock seconds.
 
@@ -155,10 +142,6 @@ def format_table(results: list[Result]) -> str:
         rate = result.tasks / result.seconds
         lines.append(f"{result.tool:<20} {result.tasks:>7} {result.seconds:>8.2f} {rate:>8.0f} {ratio:>8.2f}x")
     return "\n".join(lines)
-
-
-def nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_all(args: argparse.Namespace, directory: Path) -> list[Result]:
