@@ -179,19 +179,22 @@ class CommandRunner(Runner):
             proc, key = self._proc, self._key
         if proc is None:
             return False
-        victims = self._task_processes(proc.pid, key)
+        victims = self._task_processes(proc.pid, key, reaped=proc.returncode is not None)
         if victims:
             process.kill_tree(victims, grace=self.grace)
         return bool(victims)
 
     @staticmethod
-    def _task_processes(pid: int, key: str) -> list[psutil.Process]:
+    def _task_processes(pid: int, key: str, *, reaped: bool) -> list[psutil.Process]:
         # The task's own tree, plus orphans it left that this (subreaper) process adopted: they carry its key.
-        victims = process.descendants(pid)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            leader = psutil.Process(pid)
-            if leader.status() != psutil.STATUS_ZOMBIE:
-                victims.append(leader)
+        # Once the task is reaped its PID may be another process's already: then only the key tells.
+        victims: list[psutil.Process] = []
+        if not reaped:
+            victims = process.descendants(pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leader = psutil.Process(pid)
+                if leader.status() != psutil.STATUS_ZOMBIE:
+                    victims.append(leader)
         known = {p.pid for p in victims}
         for proc in process.descendants():
             with contextlib.suppress(psutil.Error):
