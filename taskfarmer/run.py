@@ -95,8 +95,8 @@ def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
             f"pytaskfarmer: warning: {tasklist} line {invalid.taskid + 1} (task {invalid.taskid}) will not run:"
             f" {invalid.reason}; recorded in failed\n"
         )
-    if len(ingested.invalid) > _INVALID_SHOWN:
-        sys.stderr.write(f"pytaskfarmer: warning: {len(ingested.invalid) - _INVALID_SHOWN} more invalid lines\n")
+    if ingested.invalid_count > _INVALID_SHOWN:
+        sys.stderr.write(f"pytaskfarmer: warning: {ingested.invalid_count - _INVALID_SHOWN} more invalid lines\n")
 
 
 def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:

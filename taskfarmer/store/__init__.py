@@ -36,6 +36,7 @@ from taskfarmer.errors import TaskListError, WorkDirError
 from taskfarmer.store import _files
 from taskfarmer.store._ingest import (
     MAX_TASK_BYTES,
+    IngestFiles,
     IngestResult,
     Invalid,
     TaskListState,
@@ -43,7 +44,7 @@ from taskfarmer.store._ingest import (
     ingest,
     open_tasklist,
 )
-from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt
+from taskfarmer.store._journal import Action, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
 from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, farmer_pid, host_name, parse_stack_entry
 from taskfarmer.store._lock import DescriptorLock, LockTimeoutError
 
@@ -228,18 +229,25 @@ class WorkDir:
             digest = check_unchanged(tasklist, state, source) if state else hashlib.sha256()
             if digest is None:
                 return None
-            stack_path = self.path / ".toprocess.new"
-            with stack_path.open("wb") as stack, tempfile.TemporaryFile(dir=self.path) as scratch:
-                result = ingest(source, start=state, digest=digest, stack=stack, scratch=scratch)
+            stack_path, rejects_path = self.path / ".toprocess.new", self.path / ".rejects.new"
+            with (
+                stack_path.open("wb") as stack,
+                rejects_path.open("wb") as rejects,
+                tempfile.TemporaryFile(dir=self.path) as scratch,
+            ):
+                files = IngestFiles(stack=stack, scratch=scratch, rejects=rejects)
+                result = ingest(source, start=state, digest=digest, files=files)
                 with self.toprocess.open("rb") as old:
                     while block := old.read(_COUNT_BLOCK):
                         stack.write(block)
-        actions: list[Action] = [Replace(stack_path.name, self.toprocess.name)]
-        if result.invalid:
-            lines = b"".join(b"%d %s %s\n" % (i.taskid, i.reason.encode(), i.preview.encode()) for i in result.invalid)
-            actions.append(WriteAt(self.failed.name, _files.size(self.failed), lines))
-        actions.append(WriteAt(self._state.name, 0, result.state.to_json()))
-        self._journal.commit(actions)
+        self._journal.commit(
+            [
+                Replace(stack_path.name, self.toprocess.name),
+                CopyAt(rejects_path.name, self.failed.name, _files.size(self.failed)),
+                Unlink(rejects_path.name),
+                WriteAt(self._state.name, 0, result.state.to_json()),
+            ]
+        )
         return result
 
     # -- farmers ----------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ MAX_TASK_BYTES: Final = 128 * 1024 - 4096
 # farmer's memory must not depend on the tasklist's length (a 1 MiB chunk of `true` lines costs ~20 MiB).
 _CHUNK: Final = 64 * 1024
 _PREVIEW: Final = 200
+INVALID_KEPT: Final = 20
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,25 @@ class Invalid:
     preview: str
 
 
+@dataclass(frozen=True)
+class IngestFiles:
+    """Where one ingest writes: the new stack (entries reversed), a scratch file (entries in file order), and
+    the lines that cannot run (as lines of ``failed``).
+    """
+
+    stack: IO[bytes]
+    scratch: IO[bytes]
+    rejects: IO[bytes]
+
+
 @dataclass
 class IngestResult:
     """What one pass over new tasklist lines produced."""
 
     state: TaskListState
     tasks: int
-    invalid: list[Invalid]
+    invalid: list[Invalid]  # the first few only, for a message (all of them are in the rejects file)
+    invalid_count: int
 
 
 def open_tasklist(path: Path) -> IO[bytes]:
@@ -127,23 +140,21 @@ def ingest(
     *,
     start: TaskListState | None,
     digest: hashlib._Hash,
-    stack: IO[bytes],
-    scratch: IO[bytes],
+    files: IngestFiles,
 ) -> IngestResult:
     """Read the tasklist from *source*'s position to its end and write the new tasks to *stack*, first task last.
 
     :param start: what was taken in before (``None``: nothing)
     :param digest: a hash of everything before *source*'s position
-    :param stack: where the reversed entries go
-    :param scratch: an empty temporary file for the entries in file order
+    :param files: where the entries and the rejected lines go
     :returns: the new state and what was taken in
     """
     first_line = start.lines if start else 0
     # Lines appended later may still be being written: take complete lines only (a first tasklist's last line may
     # lack its newline: that one counts).
     end = os.fstat(source.fileno()).st_size if start is None else _complete_end(source)
-    result = _forward(source, first_line=first_line, digest=digest, scratch=scratch, end=end)
-    _reverse_into(scratch, result.boundaries, stack)
+    result = _forward(source, first_line=first_line, digest=digest, files=files, end=end)
+    _reverse_into(files.scratch, result.boundaries, files.stack)
     stat = os.fstat(source.fileno())
     state = TaskListState(
         size=result.size,
@@ -152,7 +163,7 @@ def ingest(
         mtime_ns=stat.st_mtime_ns,
         ends_with_newline=result.ends_with_newline,
     )
-    return IngestResult(state=state, tasks=result.tasks, invalid=result.invalid)
+    return IngestResult(state=state, tasks=result.tasks, invalid=result.invalid, invalid_count=result.invalid_count)
 
 
 @dataclass
@@ -163,6 +174,7 @@ class _ForwardResult:
     ends_with_newline: bool
     boundaries: list[int]
     invalid: list[Invalid]
+    invalid_count: int = 0
 
 
 def _complete_end(source: IO[bytes]) -> int:
@@ -214,7 +226,7 @@ def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
 
 
 def _forward(
-    source: IO[bytes], *, first_line: int, digest: hashlib._Hash, scratch: IO[bytes], end: int
+    source: IO[bytes], *, first_line: int, digest: hashlib._Hash, files: IngestFiles, end: int
 ) -> _ForwardResult:
     out = _ForwardResult(size=0, next_line=first_line, tasks=0, ends_with_newline=True, boundaries=[0], invalid=[])
     buffered: list[bytes] = []
@@ -228,12 +240,15 @@ def _forward(
             out.tasks += 1
         elif reason:
             preview = line[:_PREVIEW].decode(errors="backslashreplace").strip()
-            out.invalid.append(Invalid(out.next_line, reason, preview))
+            files.rejects.write(b"%d %s %s\n" % (out.next_line, reason.encode(), preview.encode()))
+            out.invalid_count += 1
+            if len(out.invalid) < INVALID_KEPT:  # memory must not grow with a list of bad lines
+                out.invalid.append(Invalid(out.next_line, reason, preview))
         out.next_line += 1
         if pending >= _CHUNK:
-            _flush(buffered, scratch, out.boundaries)
+            _flush(buffered, files.scratch, out.boundaries)
             pending = 0
-    _flush(buffered, scratch, out.boundaries)
+    _flush(buffered, files.scratch, out.boundaries)
     out.size = source.tell()  # absolute: the source was positioned after what was taken in before
     out.ends_with_newline = _ends_with_newline(source)
     return out

@@ -51,6 +51,30 @@ class Truncate:
 
 
 @dataclass(frozen=True)
+class CopyAt:
+    """Make the file end with the content of *source* at *offset* (appending a file too big for a record)."""
+
+    source: str
+    path: str
+    offset: int
+
+    def apply(self, root: Path) -> None:
+        """Perform the action below *root* (nothing when *source* is gone: a later action of the record removed
+        it, so the copy was done already).
+        """
+        try:
+            source = (root / self.source).open("rb")
+        except FileNotFoundError:
+            return
+        with source:
+            _files.truncate(root / self.path, self.offset)
+            offset = self.offset
+            while block := source.read(1 << 20):
+                _files.write_at(root / self.path, offset, block)
+                offset += len(block)
+
+
+@dataclass(frozen=True)
 class Replace:
     """Rename *source* over *target* if *source* still exists (installing a rebuilt file)."""
 
@@ -74,7 +98,7 @@ class Unlink:
         (root / self.path).unlink(missing_ok=True)
 
 
-Action = WriteAt | Truncate | Replace | Unlink
+Action = WriteAt | Truncate | CopyAt | Replace | Unlink
 
 
 def _encode(action: Action) -> dict[str, object]:
@@ -87,6 +111,8 @@ def _encode(action: Action) -> dict[str, object]:
         }
     if isinstance(action, Truncate):
         return {"op": "truncate", "path": action.path, "length": action.length}
+    if isinstance(action, CopyAt):
+        return {"op": "copy", "source": action.source, "path": action.path, "offset": action.offset}
     if isinstance(action, Replace):
         return {"op": "replace", "source": action.source, "target": action.target}
     return {"op": "unlink", "path": action.path}
@@ -98,6 +124,8 @@ def _decode(item: dict[str, object]) -> Action:
         return WriteAt(str(item["path"]), int(str(item["offset"])), base64.b64decode(str(item["data"])))
     if op == "truncate":
         return Truncate(str(item["path"]), int(str(item["length"])))
+    if op == "copy":
+        return CopyAt(str(item["source"]), str(item["path"]), int(str(item["offset"])))
     if op == "replace":
         return Replace(str(item["source"]), str(item["target"]))
     return Unlink(str(item["path"]))

@@ -8,7 +8,7 @@ import pytest
 
 from taskfarmer.errors import TaskListError
 from taskfarmer.store import MAX_TASK_BYTES, WorkDir
-from taskfarmer.store._ingest import TaskListState, check_unchanged, ingest
+from taskfarmer.store._ingest import INVALID_KEPT, IngestFiles, TaskListState, check_unchanged, ingest
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,7 +19,8 @@ def _ingest_bytes(data: bytes, tmp_path: Path) -> tuple[bytes, object]:
     source.write_bytes(data)
     stack = io.BytesIO()
     with source.open("rb") as handle, (tmp_path / "scratch").open("w+b") as scratch:
-        result = ingest(handle, start=None, digest=hashlib.sha256(), stack=stack, scratch=scratch)
+        files = IngestFiles(stack=stack, scratch=scratch, rejects=io.BytesIO())
+        result = ingest(handle, start=None, digest=hashlib.sha256(), files=files)
     return stack.getvalue(), result
 
 
@@ -122,3 +123,19 @@ def test_an_untouched_tasklist_is_not_even_read(tmp_path: Path) -> None:
     with tasklist.open("rb") as handle:
         assert check_unchanged(tasklist, state, handle) is None
         assert handle.tell() == 0
+
+
+def test_many_invalid_lines_all_reach_failed_but_memory_keeps_a_few(tmp_path: Path) -> None:
+    tasklist = tmp_path / "tasks.txt"
+    tasklist.write_bytes(b"".join(b"caf\xe9 %d\n" % i for i in range(500)) + b"echo ok\n")
+    store = WorkDir(tmp_path / "wd")
+    store.create()
+    result = store.sync_tasklist(tasklist)
+    assert result is not None
+    assert result.invalid_count == 500
+    assert len(result.invalid) == INVALID_KEPT
+    failed = store.failed.read_text().splitlines()
+    assert len(failed) == 500
+    assert failed[499] == "499 invalid:not-utf8 caf\\xe9 499"
+    assert store.toprocess.read_text() == "500 echo ok\n"
+    assert not (store.path / ".rejects.new").exists()

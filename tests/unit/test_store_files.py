@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from taskfarmer.store import _files
-from taskfarmer.store._journal import Action, Journal, Replace, Truncate, Unlink, WriteAt, _encode
+from taskfarmer.store._journal import Action, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt, _encode
 
 
 def test_read_last_line_of_a_stack(tmp_path: Path) -> None:
@@ -102,3 +102,15 @@ def test_filesystem_type_of_a_path() -> None:
     assert _files.filesystem_type(Path("/global/cscratch10"), mountinfo=mountinfo) == "ext4"
     assert "lustre" in _files.NETWORK_FILESYSTEMS
     assert "ext4" not in _files.NETWORK_FILESYSTEMS
+
+
+def test_copy_at_is_idempotent_and_a_noop_once_its_source_is_gone(tmp_path: Path) -> None:
+    (tmp_path / "failed").write_bytes(b"1 exit:1 x\n")
+    (tmp_path / "rejects").write_bytes(b"7 invalid:nul-byte y\n")
+    copy = CopyAt("rejects", "failed", 11)
+    for _ in range(2):
+        copy.apply(tmp_path)
+    assert (tmp_path / "failed").read_bytes() == b"1 exit:1 x\n7 invalid:nul-byte y\n"
+    Unlink("rejects").apply(tmp_path)
+    copy.apply(tmp_path)  # a replay after the whole record was applied
+    assert (tmp_path / "failed").read_bytes() == b"1 exit:1 x\n7 invalid:nul-byte y\n"
