@@ -12,6 +12,7 @@ Layout (all plain text but the internals starting with a dot)::
     accounting.tsv  one line per task attempt: status, times, host, worker, peak memory, CPU time, log
     tasklist.json   how much of the tasklist was taken in, with a digest to notice edits
     .journal        the redo record of the change in progress (see _journal)
+    .lockfile       which lock file every farmer of this directory must use
 
 Every change happens under one file lock (``filelock``) and through the journal, so each task is at every
 instant in exactly one of toprocess, running, finished or failed.
@@ -183,6 +184,7 @@ class WorkDir:
             msg = f"Cannot use work directory {self.path}: {exc.strerror or exc}. Pick another one with --workdir."
             raise WorkDirError(msg) from exc
         try:
+            self._check_lock_agreement()
             with self.locked():
                 for name in (self.toprocess, self.finished, self.failed):
                     name.touch(exist_ok=True)
@@ -193,6 +195,31 @@ class WorkDir:
         except WorkDirError:
             _remove_empty(made)
             raise
+
+    def _check_lock_agreement(self) -> None:
+        """Make sure every farmer of this work directory locks the same file: the first one records which.
+
+        A farmer with ``$SCRATCH`` set and one without (an HTCondor job without ``getenv``, a Slurm job with
+        ``--export=NONE``) would otherwise each lock a file of its own, and exclude nothing.
+
+        :raises WorkDirError: when this farmer would lock another file than the one recorded
+        """
+        inside = self.lock_path.parent.resolve() == self.path.resolve()
+        mine = "the work directory" if inside else str(self.lock_path.resolve())
+        record = self.path / ".lockfile"
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _files.pwrite_all(fd, mine.encode(), 0)
+            finally:
+                os.close(fd)
+        recorded = _files.read_small(record).decode(errors="replace")
+        if recorded and recorded != mine:
+            msg = (
+                f"Work directory {self.path} is locked through {recorded}, but this farmer would lock {mine}"
+                " ($SCRATCH set differently?): give every farmer the same --lockdir."
+            )
+            raise WorkDirError(msg)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -590,7 +617,8 @@ def _remove_empty(directories: list[Path]) -> None:
     """Undo the creation of *directories* (deepest first), keeping any a concurrent farmer already uses."""
     for directory in reversed(directories):
         with contextlib.suppress(OSError):
-            (directory / ".lock").unlink(missing_ok=True)
+            for name in (".lock", ".lockfile"):  # created here, by this farmer: the directory is new
+                (directory / name).unlink(missing_ok=True)
             directory.rmdir()
 
 

@@ -166,3 +166,15 @@ def test_non_utf8_and_megabyte_lines_do_not_stop_the_other_tasks(tmp_path: Path)
     assert [line.split(" ", 2)[:2] for line in failed] == [["1", "invalid:not-utf8"], ["2", "invalid:too-long"]]
     assert all(len(line) < 1000 for line in failed)
     assert run_farmer(tasklist).returncode == 1  # a rerun neither reruns nor re-reports them
+
+
+def test_farmers_that_would_lock_different_files_are_refused(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
+    assert run_farmer(tasklist).returncode == 0  # no $SCRATCH: the lock is in the work directory
+    workdir = tmp_path / "t.txt_workdir"
+    before = _snapshot(workdir)
+    result = run_farmer(tasklist, env={"SCRATCH": str(tmp_path / "scratch")})
+    assert result.returncode == 2
+    _assert_one_clear_line(result.stderr, "locked through the work directory", "--lockdir")
+    assert _snapshot(workdir) == before
+    assert run_farmer(tasklist, "--lockdir", str(workdir)).returncode == 0  # the same file, named explicitly
