@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 
 from taskfarmer import config
 from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
-from taskfarmer.store import WorkDir, default_lock_path
+from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
 
 if TYPE_CHECKING:
@@ -231,7 +231,10 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
     if not (args.workdir / "toprocess").is_file():
         msg = f"{args.workdir} is not a pytaskfarmer work directory (it has no toprocess file)."
         raise WorkDirError(msg)
-    return WorkDir(args.workdir, lock_path=default_lock_path(args.workdir, getattr(args, "lockdir", None)))
+    # The farmers' lock, whatever this shell's $SCRATCH says: a change under another lock would exclude nothing.
+    lock_dir = getattr(args, "lockdir", None)
+    lock = default_lock_path(args.workdir, lock_dir) if lock_dir else recorded_lock_path(args.workdir)
+    return WorkDir(args.workdir, lock_path=lock or default_lock_path(args.workdir, None))
 
 
 def _status(args: argparse.Namespace) -> int:

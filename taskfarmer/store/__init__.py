@@ -70,6 +70,7 @@ LOCK_TIMEOUT: Final = 600.0
 _EMPTY_TIMELINE: Final = b"[\n]\n"
 _TIMELINE_NAME_CHARS: Final = 80
 _COUNT_BLOCK: Final = 256 * 1024
+_LOCK_INSIDE: Final = "the work directory"  # what .lockfile says for the default lock, whatever the mount path
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,14 @@ class Counts:
         return self.toprocess + self.running + self.finished + self.failed
 
 
+def recorded_lock_path(workdir: Path) -> Path | None:
+    """:returns: the lock file the farmers of an existing work directory use (``None``: none recorded yet)"""
+    recorded = _files.read_small(workdir / ".lockfile").decode(errors="replace")
+    if not recorded:
+        return None
+    return workdir / ".lock" if recorded == _LOCK_INSIDE else Path(recorded)
+
+
 def default_lock_path(workdir: Path, lock_dir: Path | None) -> Path:
     """Where the work directory's lock file goes: *lock_dir*, else ``$SCRATCH``, else the work directory.
 
@@ -154,6 +163,7 @@ class WorkDir:
         self.path = path
         self.lock_path = lock_path or default_lock_path(path, None)
         self._lock = DescriptorLock(self.lock_path)
+        self._lock_agreed = False
         self._journal = Journal(path, sync=_files.filesystem_type(path.parent) in _files.NETWORK_FILESYSTEMS)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
@@ -184,7 +194,6 @@ class WorkDir:
             msg = f"Cannot use work directory {self.path}: {exc.strerror or exc}. Pick another one with --workdir."
             raise WorkDirError(msg) from exc
         try:
-            self._check_lock_agreement()
             with self.locked():
                 for name in (self.toprocess, self.finished, self.failed):
                     name.touch(exist_ok=True)
@@ -205,7 +214,7 @@ class WorkDir:
         :raises WorkDirError: when this farmer would lock another file than the one recorded
         """
         inside = self.lock_path.parent.resolve() == self.path.resolve()
-        mine = "the work directory" if inside else str(self.lock_path.resolve())
+        mine = _LOCK_INSIDE if inside else str(self.lock_path.resolve())
         record = self.path / ".lockfile"
         with contextlib.suppress(FileExistsError):
             fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -224,6 +233,9 @@ class WorkDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the work directory lock, after completing any change a dead farmer left half done."""
+        if not self._lock_agreed:
+            self._check_lock_agreement()
+            self._lock_agreed = True
         try:
             self._lock.acquire(timeout=LOCK_TIMEOUT)
         except LockTimeoutError as exc:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from taskfarmer.errors import WorkDirError
+from taskfarmer.store import WorkDir
 from tests.helpers import ids, lines, run_farmer, write_tasklist
 
 if TYPE_CHECKING:
@@ -178,3 +182,22 @@ def test_farmers_that_would_lock_different_files_are_refused(tmp_path: Path) -> 
     _assert_one_clear_line(result.stderr, "locked through the work directory", "--lockdir")
     assert _snapshot(workdir) == before
     assert run_farmer(tasklist, "--lockdir", str(workdir)).returncode == 0  # the same file, named explicitly
+
+
+def test_maintenance_commands_use_the_farmers_lock_whatever_scratch_says(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["exit 3"])
+    assert run_farmer(tasklist).returncode == 1  # lock in the work directory, recorded there
+    workdir = tmp_path / "t.txt_workdir"
+    result = subprocess.run(
+        [sys.executable, "-m", "taskfarmer", "requeue", str(workdir)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SCRATCH": str(tmp_path / "scratch")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert ids(workdir / "toprocess") == [0]
+    assert not (tmp_path / "scratch").exists()  # no second lock file was made
+    elsewhere = WorkDir(workdir, lock_path=tmp_path / "elsewhere.lock")
+    with pytest.raises(WorkDirError, match="locked through the work directory"), elsewhere.locked():
+        pass
