@@ -329,7 +329,7 @@ class WorkDir:
         return self.running / f"{farmer_name}.{worker}"
 
     def claim(self, slot: SlotRecord, *, tasklist: Path | None = None) -> Task | None:
-        """Take the next task for *slot* (its ``task``/``command`` fields are filled in here).
+        """Take the next task for *slot*: it is recorded in the slot's file, on top of the queue no more.
 
         :param tasklist: when given and the queue is empty, look for lines appended to it
         :returns: the task, or ``None`` when no task is left to process
@@ -383,7 +383,8 @@ class WorkDir:
             return self._release_locked(slot)
 
     def _slot_name(self, slot: SlotRecord) -> str:
-        return f"running/{slot.farmer}.{slot.worker}"
+        """:returns: the slot's file relative to the work directory (as journal actions name files)"""
+        return str(self.slot_path(slot.farmer, slot.worker).relative_to(self.path))
 
     def _claim_locked(self, slot: SlotRecord, actions: list[Action], tasklist: Path | None) -> Task | None:
         top = _files.read_last_line(self.toprocess)
