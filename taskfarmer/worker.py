@@ -207,6 +207,8 @@ class Worker:
 
         :returns: its outcome, or ``None`` when it was killed because of a stop
         """
+        if self.stopping():
+            return None  # claimed just as the stop came: give it back unrun
         log = self.logs.open(task.taskid, task.attempt)
         self.slot = replace(self.slot, attempt=log.attempt)
         self._prepare_environment(task, log)
@@ -216,7 +218,7 @@ class Worker:
         self.watcher.task_started()
         started = time.time()
         with log.handle:
-            returncode, reason = self._run_runner(task, log.handle) if not self.stopping() else (0, "")
+            returncode, reason = self._run_runner(task, log.handle)
         ended = time.time()
         verdict = self.watcher.task_ended()
         # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
@@ -237,14 +239,12 @@ class Worker:
         )
 
     def _stopped_meanwhile(self, returncode: int) -> bool:
-        """Tell whether the task ended because the farm is stopping, though the watcher did not kill it.
+        """Tell whether the task was killed by the farm's stop, though not by the watcher.
 
         A batch system ending a job (Slurm at its time limit, ``scancel``, HTCondor's ``condor_rm``) signals every
         process of the job at once: the task may die of it before the watcher's next look. That task goes back to
-        the queue, it did not fail.
+        the queue, it did not fail. A task that ended by itself (any other status, 0 included) is recorded.
         """
-        if self.stopping():
-            return True
         if returncode not in _STOP_DEATHS:
             return False
         deadline = time.monotonic() + _STOP_SIGNAL_WAIT  # this worker's own SIGTERM may be a moment behind

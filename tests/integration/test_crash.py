@@ -79,9 +79,12 @@ def _kill_whole_tree(farmer: subprocess.Popen[str], marker: str) -> None:
 def _kill_main_only(farmer: subprocess.Popen[str], marker: str, workdir: Path, seen: set[int]) -> None:
     os.kill(farmer.pid, signal.SIGKILL)
 
-    # Workers notice their farmer is gone, end their tasks and return them; watch what they still hold meanwhile.
+    # Workers notice their farmer is gone, end their tasks and return them; watch what they still hold meanwhile,
+    # often (a slot may be held for milliseconds), and look for surviving processes (a slow scan) now and then.
     def gone() -> bool:
-        seen.update(_slot_tasks(workdir))
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            seen.update(_slot_tasks(workdir))
         return not processes_with_env("TF_TEST_MARK", marker)
 
     wait_for(gone, what="the workers and tasks of a killed farmer to end")
