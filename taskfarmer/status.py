@@ -108,22 +108,18 @@ def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:
 
 def _running(store: WorkDir) -> list[dict[str, object]]:
     now = time.time()
-    running: list[dict[str, object]] = []
-    for path in sorted(store.running.iterdir()):
-        slot = store.read_slot(path)
-        if slot is not None:
-            running.append(
-                {
-                    "task": slot.task,
-                    "command": slot.command,
-                    "host": slot.holder.host,
-                    "worker": slot.worker,
-                    "pid": slot.holder.pid,
-                    "farmer": slot.farmer,
-                    "age_s": round(now - slot.started, 1),
-                }
-            )
-    return running
+    return [
+        {
+            "task": slot.task,
+            "command": slot.command,
+            "host": slot.holder.host,
+            "worker": slot.worker,
+            "pid": slot.holder.pid,
+            "farmer": slot.farmer,
+            "age_s": round(now - slot.started, 1),
+        }
+        for slot in store.running_tasks()
+    ]
 
 
 def _farmers(store: WorkDir) -> list[dict[str, object]]:

@@ -1,5 +1,8 @@
-"""One worker process: claim a task, run it with the runner, record how it ended; again, until none is left.
+"""One worker process: claim a batch of tasks, run each with the runner, record how it ended; again, until none is
+left.
 
+The outcome of each task goes to the worker's own slot file at once (without the lock every farmer shares), and to
+the shared ``finished``/``failed``/``accounting.tsv``/``timeline.json`` when the worker claims its next batch.
 Its watcher thread (``watcher``) ends the running task when the farmer says stop, when the worker gets SIGTERM,
 or when the farmer's main process is gone (a worker never outlives its farmer): the task then goes back to the
 queue. A drain lets the running task finish and claims nothing more.
@@ -20,8 +23,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from taskfarmer import config, process
+from taskfarmer.batching import BatchSizer
 from taskfarmer.logs import FILES, TaskLog, TaskLogs
-from taskfarmer.store import Holder, Outcome, SlotRecord, Task, WorkDir
+from taskfarmer.store import Holder, Outcome, SlotLog, SlotRecord, Task, WorkDir, ended
 from taskfarmer.watcher import STOP, TaskWatcher
 
 if TYPE_CHECKING:
@@ -139,6 +143,9 @@ class Worker:
         self.runner, self.variables = config.build_runner(spec.runner)
         self.handler = config.build_tasklist(spec.handler)
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
+        self._slot_log = SlotLog(self.store.slot_path(spec.farmer, spec.worker))
+        self._sizer = BatchSizer()
+        self._index = 0  # of the running task in the batch
         self.watcher = TaskWatcher(
             self.runner, stopping=self.stopping, timeout=spec.policy.timeout, memory=spec.policy.memory
         )
@@ -164,7 +171,8 @@ class Worker:
         """:returns: whether this worker must kill its task and claim nothing more"""
         return self._local_stop.is_set() or self._flags.stopping or os.getppid() != self.spec.parent_pid
 
-    def _claim_next(self) -> bool:
+    def _may_start(self) -> bool:
+        """:returns: whether this worker may start another task (or claim more)"""
         limit = self.spec.max_failures
         too_many = limit is not None and self._flags.failures >= limit
         too_late = self.spec.claim_until is not None and time.time() >= self.spec.claim_until
@@ -175,25 +183,55 @@ class Worker:
 
         :returns: the worker's exit status
         """
-        tasklist = Path(self.spec.tasklist)
-        task = self.store.claim(self.slot, tasklist=tasklist) if self._claim_next() else None
-        while task is not None:
+        tasks = self._claim()
+        while tasks:
+            for self._index, task in enumerate(tasks):
+                if not self._may_start():
+                    return self._give_back()  # the tasks of the batch not started yet go back, on top
+                started = time.monotonic()
+                if not self._run_task(task):
+                    return self._give_back(returned=task)
+                self._sizer.ran(time.monotonic() - started)
+            tasks = self._claim()
+        return EXIT_DONE if self._may_start() else EXIT_STOPPED
+
+    def _claim(self) -> list[Task]:
+        """Record the batch just run in the shared files and claim the next one (none when this worker stops)."""
+        want = 0
+        if self._may_start():
+            want = self._sizer.size(
+                lock_seconds=self.store.lock_seconds,
+                queue_left=self.store.queue_left,
+                workers=self.store.farm_workers,
+            )
+        return self.store.exchange(self._slot_log, self.slot, want=want, tasklist=Path(self.spec.tasklist))
+
+    def _give_back(self, *, returned: Task | None = None) -> int:
+        self.store.exchange(self._slot_log, self.slot, want=0)
+        if returned is not None:
+            _LOGGER.info("task %d stopped: back in the queue", returned.taskid)
+            self._send("returned", returned.taskid, "")
+        return EXIT_STOPPED
+
+    def _run_task(self, task: Task) -> bool:
+        """Run *task*, again at once while it fails and has retries left.
+
+        :returns: ``False`` when it was stopped (it goes back to the queue)
+        """
+        while True:
             self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
             outcome = self._execute(task)
             if outcome is None:
-                _LOGGER.info("task %d stopped: back in the queue", task.taskid)
-                if self.store.release(self.slot):
-                    self._send("returned", task.taskid, "")
-                return EXIT_STOPPED
+                return False
             retry = self._should_retry(outcome)
             if not (outcome.succeeded or retry):
                 self._flags.add_failure(self.spec.worker)
             _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
-            task = self.store.finish_and_claim(
-                self.slot, outcome, claim_next=self._claim_next(), retry=retry, tasklist=tasklist
-            )
-            self._send("retry" if retry else "end", self.slot.task, "ok" if outcome.succeeded else outcome.status)
-        return EXIT_DONE if self._claim_next() else EXIT_STOPPED
+            self._slot_log.end(ended(self.slot, self._index, task, outcome, retry=retry))
+            self._send("retry" if retry else "end", task.taskid, "ok" if outcome.succeeded else outcome.status)
+            if not retry:
+                return True
+            task = replace(task, attempt=outcome.attempt + 1)
 
     def _should_retry(self, outcome: Outcome) -> bool:
         return not outcome.succeeded and outcome.attempt <= self.spec.policy.retries
@@ -211,6 +249,7 @@ class Worker:
             return None  # claimed just as the stop came: give it back unrun
         log = self.logs.open(task.taskid, task.attempt)
         self.slot = replace(self.slot, attempt=log.attempt)
+        self._slot_log.start(self._index, attempt=log.attempt, log=log.location())
         self._prepare_environment(task, log)
         self._send("start", task.taskid, task.command)
         _LOGGER.info("task %d started (attempt %d): %s", task.taskid, log.attempt, task.command)

@@ -5,17 +5,18 @@ Layout (all plain text but the internals starting with a dot)::
     toprocess       ID COMMAND per task left; the next task is the LAST line (a stack, see _ingest)
     finished        ID COMMAND per task that exited 0
     failed          ID STATUS COMMAND per task that did not (STATUS: exit:N, signal:NAME, timeout, invalid:...)
-    running/        one file per worker slot: the task it runs now (JSON)
+    running/        one file per worker slot: the batch of tasks it holds and what became of each (see _slots)
     farmers/        one file per live farmer (JSON); its mtime is the farmer's heartbeat
     logs/           log_ID (first attempt), log_ID.N (attempt N): the task's stdout and stderr
     timeline.json   Chrome trace events, one per task attempt (open in ui.perfetto.dev)
     accounting.tsv  one line per task attempt: status, times, host, worker, peak memory, CPU time, log
     tasklist.json   how much of the tasklist was taken in, with a digest to notice edits
-    .journal        the redo record of the change in progress (see _journal)
+    .journal        the sizes of the shared files after the last change, and the change in progress (see _journal)
     .lockfile       which lock file every farmer of this directory must use
 
-Every change happens under one file lock (``filelock``) and through the journal, so each task is at every
-instant in exactly one of toprocess, running, finished or failed.
+Every change of the shared files happens under one file lock (``filelock``) and through the journal, so each
+task is at every instant in exactly one of toprocess, running (a slot file), finished or failed. A worker claims
+its tasks in batches and appends their outcomes to its own slot file without the lock: see ``_slots``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from taskfarmer.errors import TaskListError, WorkDirError
-from taskfarmer.store import _files
+from taskfarmer.store import _files, _slots
 from taskfarmer.store._ingest import (
     MAX_TASK_BYTES,
     IngestFiles,
@@ -46,76 +45,47 @@ from taskfarmer.store._ingest import (
     open_tasklist,
 )
 from taskfarmer.store._journal import Action, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
-from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, farmer_pid, host_name, parse_stack_entry
+from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, host_name, parse_stack_entry
 from taskfarmer.store._lock import DescriptorLock, LockTimeoutError
+from taskfarmer.store._records import (
+    ACCOUNTING_COLUMNS,
+    ACCOUNTING_HEADER,
+    EMPTY_TIMELINE,
+    LOST,
+    STOPPED,
+    Outcome,
+    ended,
+    interrupted,
+    timeline_append,
+)
+from taskfarmer.store._slots import SlotLog, SlotView, Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 __all__ = [
+    "ACCOUNTING_COLUMNS",
+    "ACCOUNTING_HEADER",
     "MAX_TASK_BYTES",
     "FarmerRecord",
     "Holder",
     "IngestResult",
     "Invalid",
     "Outcome",
+    "SlotLog",
     "SlotRecord",
+    "StaleViewError",
     "Task",
     "WorkDir",
+    "ended",
     "host_name",
 ]
 
 _LOGGER: Final = logging.getLogger(__name__)
 LOCK_TIMEOUT: Final = 600.0
-_EMPTY_TIMELINE: Final = b"[\n]\n"
-_TIMELINE_NAME_CHARS: Final = 80
+STALE_PATIENCE: Final = 5.0  # seconds a farmer waits for its view of the work directory to catch up
 _COUNT_BLOCK: Final = 256 * 1024
 _LOCK_INSIDE: Final = "the work directory"  # what .lockfile says for the default lock, whatever the mount path
-
-
-@dataclass(frozen=True)
-class Task:
-    """One line of the tasklist: its ID (0-based line number), its command, and which attempt this is."""
-
-    taskid: int
-    command: str
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt of a task ended."""
-
-    returncode: int
-    started: float
-    ended: float
-    attempt: int = 1
-    log: str = ""
-    reason: str = ""  # a policy that ended the task (e.g. "timeout"); empty when it ended by itself
-    peak_rss_kb: int = 0  # 0: unknown
-    cpu_user: float = 0.0
-    cpu_system: float = 0.0
-
-    @property
-    def duration(self) -> float:
-        """:returns: the wall-clock seconds the attempt took"""
-        return self.ended - self.started
-
-    @property
-    def succeeded(self) -> bool:
-        """:returns: whether the task goes to ``finished``"""
-        return self.returncode == 0 and not self.reason
-
-    @property
-    def status(self) -> str:
-        """:returns: the STATUS column of ``failed`` (``exit:N``, ``signal:NAME`` or the policy)"""
-        if self.reason:
-            return self.reason
-        if self.returncode < 0:
-            with contextlib.suppress(ValueError):
-                return f"signal:{signal.Signals(-self.returncode).name}"
-            return f"signal:{-self.returncode}"
-        return f"exit:{self.returncode}"
 
 
 @dataclass
@@ -164,6 +134,11 @@ class WorkDir:
         self.lock_path = lock_path or default_lock_path(path, None)
         self._lock = DescriptorLock(self.lock_path)
         self._lock_agreed = False
+        self.lock_seconds = 0.0  # how long the last lock hold took, waiting included (batches grow with it)
+        self.queue_left = 0  # about how many tasks the queue held after the last claim
+        self.farm_workers = 1  # the workers of every registered farmer, at the last claim
+        self._pending: list[Action] = []
+        self._claimed_from = 0
         self._journal = Journal(path, sync=_files.filesystem_type(path.parent) in _files.NETWORK_FILESYSTEMS)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
@@ -195,12 +170,14 @@ class WorkDir:
             raise WorkDirError(msg) from exc
         try:
             with self.locked():
-                for name in (self.toprocess, self.finished, self.failed):
-                    name.touch(exist_ok=True)
-                if _files.size(self.timeline) == 0:
-                    _files.write_at(self.timeline, 0, _EMPTY_TIMELINE)
-                if _files.size(self.accounting) == 0:
-                    _files.write_at(self.accounting, 0, ACCOUNTING_HEADER)
+                sizes = self._journal.sizes()
+                state_files = (self.toprocess, self.finished, self.failed)
+                made_files: list[Action] = [WriteAt(name.name, 0, b"") for name in state_files if not name.exists()]
+                if sizes[self.timeline.name] == 0:
+                    made_files.append(WriteAt(self.timeline.name, 0, EMPTY_TIMELINE))
+                if sizes[self.accounting.name] == 0:
+                    made_files.append(WriteAt(self.accounting.name, 0, ACCOUNTING_HEADER))
+                self._journal.commit(made_files)
         except WorkDirError:
             _remove_empty(made)
             raise
@@ -232,10 +209,24 @@ class WorkDir:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the work directory lock, after completing any change a dead farmer left half done."""
+        """Hold the work directory lock, after completing any change a dead farmer left half done.
+
+        :raises StaleViewError: when this node's view of the work directory stays older than what was recorded
+        """
         if not self._lock_agreed:
             self._check_lock_agreement()
             self._lock_agreed = True
+        asked = time.monotonic()
+        self._acquire()
+        try:
+            self._begin()
+            yield
+        finally:
+            self._journal.end()
+            self._lock.release()
+            self.lock_seconds = time.monotonic() - asked
+
+    def _acquire(self) -> None:
         try:
             self._lock.acquire(timeout=LOCK_TIMEOUT)
         except LockTimeoutError as exc:
@@ -247,11 +238,17 @@ class WorkDir:
                 " set --lockdir (or $SCRATCH) to a directory on a filesystem that does."
             )
             raise WorkDirError(msg) from exc
-        try:
-            self._journal.recover()
-            yield
-        finally:
-            self._lock.release()
+
+    def _begin(self) -> None:
+        """Read what the last lock holder recorded; wait a little while this node's view is older than that."""
+        deadline = time.monotonic() + STALE_PATIENCE
+        pause = 0.05
+        while isinstance(problem := self._journal.begin(), str):
+            self._journal.end()
+            if time.monotonic() > deadline:
+                raise StaleViewError(self.path / ".journal", problem)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def sync_tasklist(self, tasklist: Path) -> IngestResult | None:
         """Take in the tasklist's new lines (all of them on the first run, the appended ones later).
@@ -282,7 +279,7 @@ class WorkDir:
         self._journal.commit(
             [
                 Replace(stack_path.name, self.toprocess.name),
-                CopyAt(rejects_path.name, self.failed.name, _files.size(self.failed)),
+                CopyAt(rejects_path.name, self.failed.name, self._journal.sizes()[self.failed.name]),
                 Unlink(rejects_path.name),
                 WriteAt(self._state.name, 0, result.state.to_json()),
             ]
@@ -295,7 +292,11 @@ class WorkDir:
         """Announce a farmer (its file's mtime is then its heartbeat) and add it to the timeline."""
         meta = {"name": "process_name", "ph": "M", "pid": farmer.holder.pid, "args": {"name": farmer.name}}
         with self.locked():
-            self._journal.commit([WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()), self._timeline_append(meta)])
+            actions: list[Action] = [
+                WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()),
+                self._timeline_write([meta]),
+            ]
+            self._journal.commit(actions, workers=self._journal.state.workers + farmer.workers)
 
     def update_farmer(self, farmer: FarmerRecord) -> None:
         """Rewrite a registered farmer's record (its state changed, e.g. it drains); also a heartbeat."""
@@ -313,11 +314,12 @@ class WorkDir:
             self.register(farmer)
 
     def unregister(self, farmer: FarmerRecord) -> None:
-        """Remove a farmer that stops, with its (idle) slot files."""
+        """Remove a farmer that stops, with its slot files (the tasks a slot still holds go back to the queue)."""
         with self.locked():
-            actions: list[Action] = [Unlink(str(p.relative_to(self.path))) for p in self._slot_files(farmer.name)]
-            actions.append(Unlink(f"farmers/{farmer.name}"))
-            self._journal.commit(actions)
+            for path in self._slot_files(farmer.name):
+                self._give_back_slot(path, status=LOST)
+            workers = max(self._journal.state.workers - farmer.workers, 0)
+            self._journal.commit([Unlink(f"farmers/{farmer.name}")], workers=workers)
 
     def _slot_files(self, farmer_name: str) -> list[Path]:
         return sorted(self.running.glob(f"{farmer_name}.*"))
@@ -328,91 +330,131 @@ class WorkDir:
         """:returns: the file that records what worker *worker* of a farmer runs"""
         return self.running / f"{farmer_name}.{worker}"
 
-    def claim(self, slot: SlotRecord, *, tasklist: Path | None = None) -> Task | None:
-        """Take the next task for *slot*: it is recorded in the slot's file, on top of the queue no more.
+    def exchange(self, log: SlotLog, slot: SlotRecord, *, want: int, tasklist: Path | None = None) -> list[Task]:
+        """Settle *slot*'s batch and claim the next one, in one lock hold.
 
+        The outcomes the worker appended to its slot file go to ``finished``, ``failed``, ``accounting.tsv`` and
+        ``timeline.json``; tasks of the batch that did not end go back on top of the queue (a started one with its
+        next attempt, accounted as stopped); then up to *want* tasks are taken from the top of the queue.
+
+        :param log: the worker's slot file, holding the new batch afterwards
+        :param want: how many tasks to claim (0: claim none, the slot becomes idle)
         :param tasklist: when given and the queue is empty, look for lines appended to it
-        :returns: the task, or ``None`` when no task is left to process
+        :returns: the tasks claimed, in the order to run them (none left: empty)
         """
         with self.locked():
-            return self._claim_locked(slot, [], tasklist)
+            self._pending = self._settle(log.view(slot), status=STOPPED, taken=self._taken_away(log))
+            tasks = self._take(want, tasklist, slot) if want else []
+            line = _slots.claim_line(slot=slot, tasks=tasks) if tasks else b""
+            if tasks:
+                actions = [*self._pending, Truncate(self.toprocess.name, self._claimed_from)]
+                taken_bytes = self._journal.sizes()[self.toprocess.name] - self._claimed_from
+                self.queue_left = self._claimed_from * len(tasks) // max(taken_bytes, 1)
+            else:
+                actions = self._pending
+            self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, line)])
+            log.hold(tasks, size=len(line), recoveries=self._journal.state.recoveries)
+            self.farm_workers = self._journal.state.workers
+            return tasks
 
-    def finish_and_claim(
-        self,
-        slot: SlotRecord,
-        outcome: Outcome,
-        *,
-        claim_next: bool,
-        retry: bool = False,
-        tasklist: Path | None = None,
-    ) -> Task | None:
-        """Record how *slot*'s task ended and, in the same lock, claim the next one.
-
-        :param retry: put the (failed) task back on top of the queue instead of in ``failed``
-        :returns: the next task, or ``None`` (none left, or *claim_next* false)
+    def _taken_away(self, log: SlotLog) -> bool:
+        """:returns: whether a farmer that presumed this one dead settled its slot (its results are then only
+        accounted: the queued copies of its tasks decide their fate)
         """
-        with self.locked():
-            actions = self._finish_or_record(slot, outcome, retry=retry)
-            if retry or not claim_next:
-                # A retry is pushed on toprocess: it must be there (and the slot free) before a claim reads the top.
-                self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
-                actions = []
-            if not claim_next:
-                return None
-            return self._claim_locked(slot, actions, tasklist)
+        if not log.tasks or log.recoveries == self._journal.state.recoveries:
+            return False
+        if _files.size(log.path) == log.size:
+            return False
+        _LOGGER.warning("tasks of %s were given back while they ran here: their results are only accounted", log.path)
+        return True
 
-    def _finish_or_record(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> list[Action]:
-        status = "ok" if outcome.succeeded else outcome.status
-        records: list[Action] = [
-            self._timeline_append(self._timeline_event(slot, outcome, status)),
-            WriteAt(self.accounting.name, _files.size(self.accounting), _accounting_line(slot, outcome, status)),
-        ]
-        current = self.read_slot(self.path / self._slot_name(slot))
-        if current is not None and (current.task, current.holder) == (slot.task, slot.holder):
-            return [self._state_line(slot, outcome, retry=retry), *records]
-        # Another farmer presumed this one dead and gave the task back: the queued copy decides its fate now.
-        _LOGGER.warning("task %d was given back while it ran here: its result is only accounted", slot.task)
-        return records
+    def _take(self, want: int, tasklist: Path | None, slot: SlotRecord) -> list[Task]:
+        """Find up to *want* tasks on top of the queue (``self._claimed_from``: where they start in toprocess).
 
-    def release(self, slot: SlotRecord) -> bool:
-        """Give *slot*'s task back to the queue, on top, so that it runs next (a stopped or killed task).
-
-        :returns: whether the task was still held by that slot (``False``: someone recovered it already)
+        ``self._pending`` holds what must be committed with the claim.
         """
-        with self.locked():
-            return self._release_locked(slot)
+        top = self._read_top(want)
+        if not top and tasklist is not None:
+            # The settling must be complete (the slot idle) before the sync rewrites toprocess.
+            self._journal.commit([*self._pending, WriteAt(self._slot_name(slot), 0, b"")])
+            self._pending = []
+            self._sync_in_claim(tasklist)
+            top = self._read_top(want)
+        self._claimed_from = self._journal.sizes()[self.toprocess.name] - sum(len(line) + 1 for line in top)
+        tasks = []
+        for line in reversed(top):  # the stack's top is its last line: it runs first
+            taskid, attempt, command = parse_stack_entry(line)
+            tasks.append(Task(taskid, command, attempt))
+        return tasks
+
+    def _read_top(self, count: int) -> list[bytes]:
+        """:returns: the last *count* lines of toprocess (fewer when it is shorter)
+        :raises StaleViewError: when toprocess looks other than the last lock holder left it, for too long
+        """
+        expected = self._journal.sizes()[self.toprocess.name]
+        deadline = time.monotonic() + STALE_PATIENCE
+        while True:
+            seen = _files.read_last_lines(self.toprocess, count)
+            size = seen[2] if seen else 0
+            if size == expected:
+                return seen[1] if seen else []
+            if time.monotonic() > deadline:
+                raise StaleViewError(self.toprocess, f"{size} bytes instead of the {expected} recorded")
+            time.sleep(0.1)
+
+    def _settle(self, view: SlotView, *, status: str, taken: bool = False) -> list[Action]:
+        """:returns: the actions that write what *view*'s batch did to the shared files and put back on top of the
+        queue what it did not do; *status* accounts the attempts cut short; *taken*: account only
+        """
+        sizes = self._journal.sizes()
+        lines: dict[str, bytes] = {self.finished.name: b"", self.failed.name: b"", self.accounting.name: b""}
+        events = []
+        for end in view.ended:
+            if end.state in (_slots.FINISHED, _slots.FAILED) and not taken:
+                lines[end.state] += end.line
+            lines[self.accounting.name] += end.account
+            events.append(end.event)
+        back = b""
+        for task, started in view.back_to_queue():
+            if started is not None and not view.accounted(started):
+                identity = SlotRecord(task.taskid, task.command, view.farmer, view.worker, view.holder, started.at)
+                account, event = interrupted(identity, task, started, status=status)
+                lines[self.accounting.name] += account
+                events.append(event)
+            if not taken:
+                back = _slots.requeue_entry(task, started) + back  # the first of the batch ends up on top
+        actions: list[Action] = [WriteAt(name, sizes[name], data) for name, data in lines.items() if data]
+        if events:
+            actions.append(self._timeline_write(events))
+        if back:
+            actions.append(WriteAt(self.toprocess.name, sizes[self.toprocess.name], back))
+        return actions
+
+    def _give_back_slot(self, path: Path, *, status: str) -> list[Task]:
+        """Settle the slot file at *path* of a worker that is gone, and remove it (under the lock).
+
+        :returns: the tasks put back in the queue
+        """
+        view = _slots.read(path)
+        relative = str(path.relative_to(self.path))
+        if view is None:
+            self._journal.commit([Unlink(relative)])
+            return []
+        remote = not view.holder.is_local()
+        recoveries = self._journal.state.recoveries + remote
+        self._journal.commit([*self._settle(view, status=status), Unlink(relative)], recoveries=recoveries)
+        returned = [task for task, _ in view.back_to_queue()]
+        for task in returned:
+            _LOGGER.warning("task %d was held by %s, which is gone: back in the queue", task.taskid, view.farmer)
+        return returned
+
+    def _timeline_write(self, events: list[dict[str, object]]) -> WriteAt:
+        offset, data = timeline_append(self._journal.sizes()[self.timeline.name], events)
+        return WriteAt(self.timeline.name, offset, data)
 
     def _slot_name(self, slot: SlotRecord) -> str:
         """:returns: the slot's file relative to the work directory (as journal actions name files)"""
         return str(self.slot_path(slot.farmer, slot.worker).relative_to(self.path))
-
-    def _claim_locked(self, slot: SlotRecord, actions: list[Action], tasklist: Path | None) -> Task | None:
-        top = _files.read_last_line(self.toprocess)
-        if top is None and tasklist is not None:
-            # The finish (with its slot freed) must be complete before the sync rewrites toprocess.
-            self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
-            actions = []
-            self._sync_in_claim(tasklist)
-            top = _files.read_last_line(self.toprocess)
-        if top is None:
-            self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, b"")])
-            return None
-        offset, line = top
-        taskid, attempt, command = parse_stack_entry(line)
-        task = Task(taskid, command, attempt)
-        record = SlotRecord(
-            task=task.taskid,
-            command=task.command,
-            farmer=slot.farmer,
-            worker=slot.worker,
-            holder=slot.holder,
-            started=time.time(),
-            attempt=task.attempt,
-        )
-        self._journal.commit(
-            [*actions, WriteAt(self._slot_name(slot), 0, record.to_json()), Truncate("toprocess", offset)]
-        )
-        return task
 
     def _sync_in_claim(self, tasklist: Path) -> None:
         try:
@@ -420,68 +462,21 @@ class WorkDir:
         except TaskListError as exc:
             _LOGGER.warning("not taking in new tasklist lines: %s", exc)
 
-    def _state_line(self, slot: SlotRecord, outcome: Outcome, *, retry: bool) -> WriteAt:
-        """:returns: the line that moves the task out of running: to finished, failed, or back on top (retry)"""
-        if outcome.succeeded:
-            target, line = self.finished, b"%d %s\n" % (slot.task, slot.command.encode())
-        elif retry:
-            target, line = self.toprocess, slot.stack_entry()
-        else:
-            target, line = self.failed, b"%d %s %s\n" % (slot.task, outcome.status.encode(), slot.command.encode())
-        return WriteAt(target.name, _files.size(target), line)
-
-    def _timeline_event(self, slot: SlotRecord, outcome: Outcome, status: str) -> dict[str, object]:
-        return {
-            "name": slot.command[:_TIMELINE_NAME_CHARS],
-            "cat": "task",
-            "ph": "X",
-            "ts": round(outcome.started * 1e6),
-            "dur": round((outcome.ended - outcome.started) * 1e6),
-            "pid": farmer_pid(slot.farmer),
-            "tid": slot.worker,
-            "args": {
-                "task": slot.task,
-                "status": status,
-                "returncode": outcome.returncode,
-                "attempt": outcome.attempt,
-                "host": slot.holder.host,
-                "farmer": slot.farmer,
-                "log": outcome.log,
-                "peak_rss_kb": outcome.peak_rss_kb,
-                "cpu_s": round(outcome.cpu_user + outcome.cpu_system, 3),
-            },
-        }
-
-    def _timeline_append(self, event: dict[str, object]) -> WriteAt:
-        # Keep timeline.json valid JSON at all times: overwrite the closing "\n]\n" with the event and a new close.
-        end = _files.size(self.timeline)
-        if end < len(_EMPTY_TIMELINE):
-            return WriteAt(self.timeline.name, 0, b"[\n" + json.dumps(event).encode() + b"\n]\n")
-        separator = b"," if end > len(_EMPTY_TIMELINE) else b""
-        return WriteAt(self.timeline.name, end - 3, separator + b"\n" + json.dumps(event).encode() + b"\n]\n")
-
-    def _release_locked(self, slot: SlotRecord) -> bool:
-        current = self.read_slot(self.path / self._slot_name(slot))
-        if current is None or current.task != slot.task or current.holder != slot.holder:
-            return False
-        self._journal.commit(
-            [
-                WriteAt("toprocess", _files.size(self.toprocess), slot.stack_entry()),
-                WriteAt(self._slot_name(slot), 0, b""),
-            ]
-        )
-        return True
-
     # -- recovery of dead farmers -----------------------------------------------------------------------------------
 
     @staticmethod
-    def read_slot(path: Path) -> SlotRecord | None:
-        """:returns: the task a slot file records, ``None`` for an idle, missing or damaged one"""
-        try:
-            return SlotRecord.from_json(_files.read_small(path))
-        except (ValueError, KeyError, TypeError):
-            _LOGGER.warning("ignoring damaged slot file %s", path)
-            return None
+    def read_slot(path: Path) -> SlotView | None:
+        """:returns: the batch a slot file holds, ``None`` for an idle, missing or damaged one"""
+        return _slots.read(path)
+
+    def running_tasks(self) -> list[SlotRecord]:
+        """:returns: the tasks running now, in every farmer (no lock: what the slot files say)"""
+        running = []
+        for path in sorted(self.running.iterdir()):
+            view = _slots.read(path)
+            if view is not None:
+                running.extend(view.running())
+        return running
 
     def read_farmers(self) -> dict[str, tuple[FarmerRecord, float]]:
         """:returns: every registered farmer with the age in seconds of its heartbeat"""
@@ -515,31 +510,27 @@ class WorkDir:
                 returned.extend(self._recover_slot(slot_path, farmers, me))
             for name, (record, age) in farmers.items():
                 if name != me and self._farmer_dead(record, age) and not self._slot_files(name):
-                    self._journal.commit([Unlink(f"farmers/{name}")])
+                    self._forget(record)
             return returned
+
+    def _forget(self, record: FarmerRecord) -> None:
+        workers = max(self._journal.state.workers - record.workers, 0)
+        self._journal.commit([Unlink(f"farmers/{record.name}")], workers=workers)
 
     def _recover_slot(
         self, slot_path: Path, farmers: dict[str, tuple[FarmerRecord, float]], me: str | None
     ) -> list[Task]:
         farmer_name, _, _ = slot_path.name.rpartition(".")
-        record = self.read_slot(slot_path)
+        view = _slots.read(slot_path)
         farmer = farmers.get(farmer_name)
         if farmer is not None and farmer_name != me and farmer[0].holder.is_local() and not self._farmer_dead(*farmer):
             # A live farmer on this host recovers its own dead workers, after killing what they left running.
             return []
-        if record is not None and not self._holder_dead(record.holder, farmer):
+        if view is not None and not self._holder_dead(view.holder, farmer):
             return []
-        if record is None and farmer is not None and not self._farmer_dead(*farmer):
+        if view is None and farmer is not None and not self._farmer_dead(*farmer):
             return []  # an idle slot of a live farmer
-        relative = str(slot_path.relative_to(self.path))
-        if record is None:
-            self._journal.commit([Unlink(relative)])
-            return []
-        _LOGGER.warning("task %d was held by dead farmer %s: back in the queue", record.task, farmer_name)
-        self._journal.commit(
-            [WriteAt("toprocess", _files.size(self.toprocess), record.stack_entry()), Unlink(relative)]
-        )
-        return [Task(record.task, record.command)]
+        return self._give_back_slot(slot_path, status=LOST)
 
     def forget_farmer(self, name: str) -> list[Task]:
         """Put back the tasks of farmer *name*, alive or not (for a node known lost before its lease expires).
@@ -549,13 +540,10 @@ class WorkDir:
         with self.locked():
             returned = []
             for slot_path in self._slot_files(name):
-                record = self.read_slot(slot_path)
-                relative = str(slot_path.relative_to(self.path))
-                actions: list[Action] = [Unlink(relative)]
-                if record is not None:
-                    actions.insert(0, WriteAt("toprocess", _files.size(self.toprocess), record.stack_entry()))
-                    returned.append(Task(record.task, record.command))
-                self._journal.commit(actions)
+                returned.extend(self._give_back_slot(slot_path, status=LOST))
+            record = self.read_farmers().get(name)
+            if record is not None:
+                self._forget(record[0])
             self._journal.commit([Unlink(f"farmers/{name}")])
             return returned
 
@@ -581,7 +569,10 @@ class WorkDir:
             # Reversed: the stack's top is its end, so the first of them runs first.
             entries = b"".join(reversed(back))
             self._journal.commit(
-                [WriteAt("toprocess", _files.size(self.toprocess), entries), Replace(rebuilt.name, self.failed.name)]
+                [
+                    WriteAt("toprocess", self._journal.sizes()["toprocess"], entries),
+                    Replace(rebuilt.name, self.failed.name),
+                ]
             )
             return [int(line.split(b" ", 1)[0]) for line in back]
 
@@ -605,7 +596,7 @@ class WorkDir:
             if name == me or record.holder.is_local():
                 continue
             late = age > max(2 * heartbeat_interval(record.lease), 1.0)
-            if late and age <= record.lease and any(self.read_slot(p) for p in self._slot_files(name)):
+            if late and age <= record.lease and any(_slots.read(p) for p in self._slot_files(name)):
                 stale.append(name)
         return stale
 
@@ -616,14 +607,39 @@ class WorkDir:
         return self.drain_file.exists()
 
     def counts(self) -> Counts:
-        """:returns: the number of tasks in each state (reads the state files: O(list) bytes, no lock)"""
+        """:returns: the number of tasks in each state, with what the slot files hold and have not yet written to
+        the shared files (reads the state files: O(list) bytes, no lock)
+        """
         counts = Counts(
             toprocess=_count_lines(self.toprocess),
             finished=_count_lines(self.finished),
             failed=_count_lines(self.failed),
         )
-        counts.running = sum(1 for path in self.running.iterdir() if self.read_slot(path))
+        for path in self.running.iterdir():
+            view = _slots.read(path)
+            if view is None:
+                continue
+            done = [end.state for end in view.ended]
+            counts.finished += done.count(_slots.FINISHED)
+            counts.failed += done.count(_slots.FAILED)
+            running = len(view.running())
+            counts.running += running
+            counts.toprocess += len(view.back_to_queue()) - running
         return counts
+
+
+class StaleViewError(WorkDirError):
+    """A file of the work directory looks, from this node, older than the last farmer left it: its filesystem caches."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        fstype = _files.filesystem_type(path.parent) or "unknown"
+        super().__init__(
+            f"Stale view of {path} on this node ({detail}) after {STALE_PATIENCE:.0f} s: its {fstype} filesystem"
+            " serves cached data to a farmer holding the lock, so farmers on other nodes would run tasks twice."
+            " Turn the client caches off (GlusterFS: volume options performance.* off and mount options"
+            " attribute-timeout=0,entry-timeout=0; NFS: no 'nocto'), or use another filesystem;"
+            " `taskfarmer check-fs DIR` tests one."
+        )
 
 
 def _remove_empty(directories: list[Path]) -> None:
@@ -633,32 +649,6 @@ def _remove_empty(directories: list[Path]) -> None:
             for name in (".lock", ".lockfile"):  # created here, by this farmer: the directory is new
                 (directory / name).unlink(missing_ok=True)
             directory.rmdir()
-
-
-ACCOUNTING_COLUMNS: Final = (
-    "task attempt status returncode start end seconds host worker farmer peak_rss_kb cpu_user_s cpu_system_s log"
-)
-ACCOUNTING_HEADER: Final = "\t".join(ACCOUNTING_COLUMNS.split()).encode() + b"\n"
-
-
-def _accounting_line(slot: SlotRecord, outcome: Outcome, status: str) -> bytes:
-    fields = (
-        slot.task,
-        outcome.attempt,
-        status,
-        outcome.returncode,
-        f"{outcome.started:.3f}",
-        f"{outcome.ended:.3f}",
-        f"{outcome.duration:.3f}",
-        slot.holder.host,
-        slot.worker,
-        slot.farmer,
-        outcome.peak_rss_kb,
-        f"{outcome.cpu_user:.3f}",
-        f"{outcome.cpu_system:.3f}",
-        outcome.log,
-    )
-    return "\t".join(str(field) for field in fields).encode() + b"\n"
 
 
 def heartbeat_interval(lease: float) -> float:

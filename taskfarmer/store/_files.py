@@ -91,6 +91,41 @@ def read_last_line(path: Path) -> tuple[int, bytes] | None:
         os.close(fd)
 
 
+def read_all(fd: int) -> bytes:
+    """:returns: the content of the small file open at *fd*, from its start"""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, _TAIL_BLOCK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def read_last_lines(path: Path, count: int) -> tuple[int, list[bytes], int] | None:
+    """Read up to *count* last newline-terminated lines of *path* without reading the rest.
+
+    :returns: ``(offset of the first line returned, the lines without newlines (last line last), file size)``, or
+        ``None`` when the file is missing
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        end = os.fstat(fd).st_size
+        block = _TAIL_BLOCK
+        while True:
+            start = max(end - block, 0)
+            tail = os.pread(fd, end - start, start)
+            lines = tail.split(b"\n")[:-1]  # a complete file ends with a newline
+            if start == 0 or len(lines) > count:
+                lines = lines[-count:] if count else []
+                return end - sum(len(line) + 1 for line in lines), lines, end
+            block *= 4
+    finally:
+        os.close(fd)
+
+
 def read_small(path: Path) -> bytes:
     """:returns: the content of a small file, empty when it does not exist."""
     try:

@@ -1,10 +1,15 @@
 """A one-record redo journal: how a change that touches several files stays atomic under ``kill -9``.
 
 Every change of the work directory is a list of idempotent actions. Under the work directory lock, the list is
-first written to ``.journal``, then applied, then the journal is emptied. A farmer killed anywhere in between leaves
+first written to ``.journal``, then applied, then removed from the journal. A farmer killed anywhere in between leaves
 the record behind; whoever takes the lock next replays it before doing anything else (a record torn by a crash
 during its own write is discarded: none of its actions had begun). Replaying an action that already happened
 changes nothing, so the end state is the same as if the dead farmer had finished.
+
+The journal's first line is the state every lock holder must see (:class:`StoreState`): the sizes of the shared
+files after the last change, a generation number and who wrote it. The next holder reads it in the same request as
+the pending record, appends at those sizes without asking the filesystem for them, and can tell when its view of
+a file lags behind what the previous holder wrote (a filesystem whose clients cache: see ``StaleViewError``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 from taskfarmer.store import _files
@@ -131,8 +136,52 @@ def _decode(item: dict[str, object]) -> Action:
     return Unlink(str(item["path"]))
 
 
+TRACKED: Final = ("toprocess", "finished", "failed", "accounting.tsv", "timeline.json")
+
+
+@dataclass
+class StoreState:
+    """What the last lock holder left: the shared files' sizes, and counters every farmer keeps in step."""
+
+    generation: int = 0
+    writer: str = ""  # a token of the process that wrote this generation
+    sizes: dict[str, int] = field(default_factory=dict)  # of TRACKED files; a missing one is measured
+    workers: int = 0  # the workers of the registered farmers (sizes claims so the tail spreads over all)
+    recoveries: int = 0  # slots taken from farmers presumed dead on another host (theirs may still run)
+
+    def to_json(self) -> bytes:
+        """:returns: the journal's first line"""
+        raw = {"g": self.generation, "w": self.writer, "sizes": self.sizes, "workers": self.workers}
+        raw["recoveries"] = self.recoveries
+        return json.dumps(raw, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, line: bytes) -> StoreState:
+        """:returns: the state of a journal's first line
+        :raises ValueError: for a damaged one (``KeyError``/``TypeError`` too)
+        """
+        raw = json.loads(line)
+        sizes = {str(name): int(size) for name, size in dict(raw["sizes"]).items()}
+        return cls(int(raw["g"]), str(raw["w"]), sizes, int(raw["workers"]), int(raw["recoveries"]))
+
+
+def _next_sizes(sizes: dict[str, int], actions: list[Action]) -> dict[str, int]:
+    """:returns: the tracked files' sizes once *actions* are applied (a file some action rebuilds is dropped)"""
+    after = dict(sizes)
+    for action in actions:
+        if isinstance(action, WriteAt) and action.path in TRACKED:
+            after[action.path] = action.offset + len(action.data)
+        elif isinstance(action, Truncate) and action.path in after:
+            after[action.path] = min(after[action.path], action.length)
+        elif isinstance(action, (CopyAt, Replace)):
+            after.pop(action.path if isinstance(action, CopyAt) else action.target, None)
+    return after
+
+
 class Journal:
-    """The ``.journal`` file of a work directory. Use only while holding the work directory lock."""
+    """The ``.journal`` file of a work directory. Use only while holding the work directory lock, between
+    :meth:`begin` and :meth:`end`.
+    """
 
     def __init__(self, root: Path, *, sync: bool) -> None:
         """:param sync: flush the record to the server before applying it. On a network filesystem a killed client
@@ -142,42 +191,97 @@ class Journal:
         self._root = root
         self._path = root / ".journal"
         self._sync = sync
+        self._fd: int | None = None
+        self._writer = os.urandom(6).hex()  # this process's mark on the generations it writes
+        self.state = StoreState()
 
-    def commit(self, actions: list[Action]) -> None:
-        """Apply *actions* atomically: after a crash at any point, :meth:`recover` completes them."""
-        if not actions:
-            return
-        record = json.dumps([_encode(a) for a in actions]).encode()
-        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            # The file is empty here (recover() ran when the lock was taken), so one pwrite leaves no stale tail.
-            _files.pwrite_all(fd, record, 0)
-            if self._sync:
-                os.fdatasync(fd)  # see __init__
-            self._apply(actions)
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
+    def begin(self) -> str | bool:
+        """Read the state the last holder left, and finish the change a dead farmer left half done.
 
-    def recover(self) -> bool:
-        """Finish the change a dead farmer left half done.
-
-        :returns: whether there was one
+        :returns: whether there was such a change; a description of the problem when the journal is older than
+            what this process saw before (a stale view: nothing is changed then, close with :meth:`end`)
         """
-        record = _files.read_small(self._path)
-        if not record:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        content = _files.read_all(self._fd)
+        head, _, record = content.partition(b"\n") if not content.startswith(b"[") else (b"", b"", content)
+        try:
+            state = StoreState.from_json(head) if head else StoreState()
+        except (ValueError, KeyError, TypeError):
+            state = StoreState()
+        if stale := _older(state, self.state):
+            return stale
+        self.state = state
+        if not record.strip():
             return False
+        self._replay(record)
+        self._measure_missing(self.state.sizes, drop=TRACKED)
+        self._write_state()
+        return True
+
+    def end(self) -> None:
+        """Close the journal (before the lock is released: on NFS, a close is what sends the writes)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def sizes(self) -> dict[str, int]:
+        """:returns: every tracked file's size, measured for those the state does not know"""
+        self._measure_missing(self.state.sizes)
+        return self.state.sizes
+
+    def commit(self, actions: list[Action], **counters: int) -> None:
+        """Apply *actions* atomically: after a crash at any point, :meth:`begin` completes them.
+
+        :param counters: new values of :class:`StoreState`'s counters (``workers``, ``recoveries``)
+        """
+        if not actions and not counters:
+            return
+        if self._fd is None:
+            msg = "journal used outside of a lock hold"
+            raise RuntimeError(msg)
+        sizes = _next_sizes(self.sizes(), actions)
+        generation = self.state.generation + 1
+        self.state = replace(self.state, generation=generation, writer=self._writer, sizes=sizes, **counters)
+        record = json.dumps([_encode(a) for a in actions]).encode()
+        _files.pwrite_all(self._fd, self.state.to_json() + record, 0)
+        if self._sync:
+            os.fdatasync(self._fd)  # see __init__
+        self._apply(actions)
+        self._measure_missing(self.state.sizes)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        assert self._fd is not None  # noqa: S101  # begin() opened it
+        line = self.state.to_json()
+        _files.pwrite_all(self._fd, line, 0)
+        os.ftruncate(self._fd, len(line))
+
+    def _measure_missing(self, sizes: dict[str, int], *, drop: tuple[str, ...] = ()) -> None:
+        for name in drop:
+            sizes.pop(name, None)
+        for name in TRACKED:
+            if name not in sizes:
+                sizes[name] = _files.size(self._root / name)
+
+    def _replay(self, record: bytes) -> None:
         try:
             actions = [_decode(item) for item in json.loads(record)]
         except (ValueError, KeyError, TypeError):
             # Only a crash of the whole node during the journal write itself can tear it; its actions had not begun.
             _LOGGER.warning("discarding a torn journal record in %s", self._path)
-        else:
-            _LOGGER.info("completing a change interrupted by a dead farmer (%d actions)", len(actions))
-            self._apply(actions)
-        _files.write_at(self._path, 0, b"")
-        return True
+            return
+        _LOGGER.info("completing a change interrupted by a dead farmer (%d actions)", len(actions))
+        self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             action.apply(self._root)
+
+
+def _older(read: StoreState, seen: StoreState) -> str:
+    """:returns: why the state just *read* cannot be the latest, given the one this process *seen* last ("": it can)"""
+    if read.generation < seen.generation:
+        return f"generation {read.generation} after {seen.generation}"
+    if read.generation == seen.generation and seen.writer and read.writer != seen.writer:
+        return f"generation {read.generation} written by two farmers"
+    return ""

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 def _running(workdir: Path) -> list[int]:
     if not (workdir / "running").exists():
         return []
-    return [r.task for p in (workdir / "running").iterdir() if (r := WorkDir.read_slot(p)) is not None]
+    return [r.task for r in WorkDir(workdir).running_tasks()]
 
 
 def _status_json(workdir: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

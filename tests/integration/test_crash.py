@@ -45,11 +45,11 @@ def _tasklist(tmp_path: Path) -> Path:
 
 
 def _slot_tasks(workdir: Path) -> set[int]:
-    held = set()
+    held: set[int] = set()
     for path in (workdir / "running").glob("*"):
-        record = WorkDir.read_slot(path)
-        if record is not None:
-            held.add(record.task)
+        view = WorkDir.read_slot(path)
+        if view is not None:
+            held.update(task.taskid for task in view.tasks)  # its whole batch: ended ones are written yet
     return held
 
 
@@ -144,15 +144,12 @@ def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None
     farmer = start_farmer(tasklist, "-n", "2")
     workdir = tmp_path / "t.txt_workdir"
     with cleanup(farmer):
-        wait_for(lambda: len(_slot_tasks(workdir)) == 2 if workdir.exists() else False, what="both workers busy")
+        busy = lambda: len(WorkDir(workdir).running_tasks()) == 2 if (workdir / "running").exists() else False  # noqa: E731
+        wait_for(busy, what="both workers busy")
         workers = [p for p in psutil.Process(farmer.pid).children() if "spawn_main" in " ".join(p.cmdline())]
         assert len(workers) == 2
         victim = workers[0]
-        victim_task = next(
-            r.task
-            for p in (workdir / "running").glob("*")
-            if (r := WorkDir.read_slot(p)) and r.holder.pid == victim.pid
-        )
+        victim_task = next(r.task for r in WorkDir(workdir).running_tasks() if r.holder.pid == victim.pid)
         victim.kill()
         _, stderr = farmer.communicate(timeout=90)
     assert farmer.returncode == 0, stderr

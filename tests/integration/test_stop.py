@@ -40,7 +40,7 @@ TREE_TASK = "sleep 300 & setsid sleep 300 & echo started >> {log}; sleep 300"
 def _running(workdir: Path) -> int:
     if not (workdir / "running").exists():
         return 0
-    return sum(1 for p in (workdir / "running").iterdir() if WorkDir.read_slot(p) is not None)
+    return len(WorkDir(workdir).running_tasks())
 
 
 def _start_busy_farm(

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from taskfarmer.store import WorkDir
 from tests.helpers import (
     LONG,
     cleanup,
@@ -77,13 +77,9 @@ def _start_on_host(prefix: list[str], host: str, tasklist: Path, workdir: Path, 
 
 def _held_by(workdir: Path, host: str) -> dict[int, float]:
     """:returns: the tasks that farmers on *host* hold in ``running/``, with their start time"""
-    held = {}
-    for path in (workdir / "running").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            record: dict[str, Any] = json.loads(path.read_bytes())
-            if record["holder"]["host"] == host:
-                held[int(record["task"])] = float(record["started"])
-    return held
+    if not (workdir / "running").exists():
+        return {}
+    return {r.task: r.started for r in WorkDir(workdir).running_tasks() if r.holder.host == host}
 
 
 def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: Path, uts_prefix: list[str]) -> None:

@@ -10,7 +10,19 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotRecord, WorkDir, default_lock_path
+from taskfarmer import store as store_module
+from taskfarmer.store import (
+    FarmerRecord,
+    Holder,
+    Outcome,
+    SlotLog,
+    SlotRecord,
+    StaleViewError,
+    Task,
+    WorkDir,
+    default_lock_path,
+    ended,
+)
 from taskfarmer.store._leases import process_ctime
 
 if TYPE_CHECKING:
@@ -29,61 +41,95 @@ def _store(tmp_path: Path, count: int = 5) -> tuple[WorkDir, FarmerRecord, SlotR
     return store, farmer, slot
 
 
-def _finish(store: WorkDir, slot: SlotRecord, taskid: int, command: str, returncode: int = 0) -> None:
-    store.finish_and_claim(replace(slot, task=taskid, command=command), Outcome(returncode, 1.0, 2.5), claim_next=False)
+def _log(store: WorkDir, slot: SlotRecord) -> SlotLog:
+    return SlotLog(store.slot_path(slot.farmer, slot.worker))
 
 
-def test_tasks_are_claimed_in_file_order_and_recorded_in_the_slot(tmp_path: Path) -> None:
+def _claim(store: WorkDir, slot: SlotRecord, want: int = 1) -> tuple[SlotLog, list[Task]]:
+    log = _log(store, slot)
+    return log, store.exchange(log, slot, want=want)
+
+
+def _run(log: SlotLog, slot: SlotRecord, index: int, returncode: int = 0, *, retry: bool = False) -> None:
+    """What a worker writes to its slot file for an attempt of task *index* of its batch, lock-free."""
+    task = log.tasks[index]
+    attempt = max([task.attempt, *(e.attempt + 1 for e in log.ended if e.index == index)])
+    log.start(index, attempt=attempt, log=f"logs/log_{task.taskid}")
+    outcome = Outcome(returncode, 1.0, 2.5, attempt=attempt)
+    log.end(ended(slot, index, replace(task, attempt=attempt), outcome, retry=retry))
+
+
+def _ids(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()]
+
+
+def test_tasks_are_claimed_in_file_order_in_batches_recorded_in_the_slot(tmp_path: Path) -> None:
     store, _, slot = _store(tmp_path)
-    claimed = []
-    while (task := store.claim(slot)) is not None:
-        claimed.append(task.taskid)
-        record = store.read_slot(store.slot_path(slot.farmer, 0))
-        assert record is not None
-        assert (record.task, record.command) == (task.taskid, f"echo {task.taskid}")
-    assert claimed == [0, 1, 2, 3, 4]
+    log = _log(store, slot)
+    batches = []
+    while tasks := store.exchange(log, slot, want=2):
+        batches.append([t.taskid for t in tasks])
+        view = store.read_slot(store.slot_path(slot.farmer, 0))
+        assert view is not None
+        assert view.tasks == tasks
+        assert [t.command for t in tasks] == [f"echo {t.taskid}" for t in tasks]
+        for index in range(len(tasks)):
+            _run(log, slot, index)
+    assert batches == [[0, 1], [2, 3], [4]]
     assert store.toprocess.read_bytes() == b""
+    assert _ids(store.finished) == ["0", "1", "2", "3", "4"]
     assert store.read_slot(store.slot_path(slot.farmer, 0)) is None
 
 
-def test_a_released_task_is_claimed_next(tmp_path: Path) -> None:
+def test_outcomes_reach_the_shared_files_at_the_next_claim_and_counts_include_them_before(tmp_path: Path) -> None:
     store, _, slot = _store(tmp_path)
-    first = store.claim(slot)
-    assert first is not None
-    assert store.release(replace(slot, task=first.taskid, command=first.command)) is True
-    assert store.read_slot(store.slot_path(slot.farmer, 0)) is None
-    assert store.toprocess.read_text().splitlines()[-1] == "0@2 echo 0"
-    again = store.claim(slot)
-    assert again == replace(first, attempt=2)
-    assert store.counts().toprocess == 4
-
-
-def test_release_of_a_task_recovered_by_someone_else_does_nothing(tmp_path: Path) -> None:
-    store, _, slot = _store(tmp_path)
-    task = store.claim(slot)
-    assert task is not None
-    other_holder = replace(slot.holder, pid=slot.holder.pid + 1)
-    assert store.release(replace(slot, task=task.taskid, command=task.command, holder=other_holder)) is False
-    assert store.counts().toprocess == 4
-
-
-def test_finish_records_status_and_timeline_stays_valid_json(tmp_path: Path) -> None:
-    store, _, slot = _store(tmp_path)
-    for expected_rc in (0, 3, -9, 0):
-        task = store.claim(slot)
-        assert task is not None
-        _finish(store, slot, task.taskid, task.command, expected_rc)
-        events = json.loads(store.timeline.read_text())
-        assert events[-1]["args"]["task"] == task.taskid
+    log, tasks = _claim(store, slot, want=4)
+    for index, returncode in enumerate((0, 3, -9)):
+        _run(log, slot, index, returncode)
+    log.start(3, attempt=1, log="logs/log_3")
+    assert store.finished.read_text() == ""  # still in the slot file only
+    counts = store.counts()
+    assert (counts.toprocess, counts.running, counts.finished, counts.failed) == (1, 1, 1, 2)
+    assert [r.task for r in store.running_tasks()] == [3]
+    _run(log, slot, 3)
+    store.exchange(log, slot, want=1)
     assert store.finished.read_text() == "0 echo 0\n3 echo 3\n"
     assert store.failed.read_text() == "1 exit:3 echo 1\n2 signal:SIGKILL echo 2\n"
-    events = json.loads(store.timeline.read_text())
-    tasks = [e for e in events if e["ph"] == "X"]
-    assert [e["args"]["status"] for e in tasks] == ["ok", "exit:3", "signal:SIGKILL", "ok"]
-    assert tasks[0]["dur"] == 1_500_000
-    assert next(e for e in events if e["ph"] == "M")["args"]["name"] == slot.farmer
+    events = [e for e in json.loads(store.timeline.read_text()) if e["ph"] == "X"]
+    assert [e["args"]["status"] for e in events] == ["ok", "exit:3", "signal:SIGKILL", "ok"]
+    assert [e["name"] for e in events] == ["task 0", "task 1", "task 2", "task 3"]
+    assert events[1]["args"]["command"] == "echo 1"
+    assert events[0]["dur"] == 1_500_000
     counts = store.counts()
     assert (counts.toprocess, counts.running, counts.finished, counts.failed) == (1, 0, 2, 2)
+    assert tasks[0].taskid == 0
+
+
+def test_a_stop_gives_back_the_running_task_and_the_unstarted_ones_on_top_in_order(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path)
+    log, _ = _claim(store, slot, want=3)
+    _run(log, slot, 0)
+    log.start(1, attempt=1, log="logs/log_1")  # killed by the stop
+    store.exchange(log, slot, want=0)
+    assert store.toprocess.read_text().splitlines()[-2:] == ["2 echo 2", "1@2 echo 1"]
+    assert _ids(store.finished) == ["0"]
+    assert store.read_slot(store.slot_path(slot.farmer, 0)) is None
+    rows = [line.split("\t") for line in store.accounting.read_text().splitlines()[1:]]
+    assert [(r[0], r[2]) for r in rows] == [("0", "ok"), ("1", "stopped")]
+    _, again = _claim(store, slot)
+    assert again == [Task(1, "echo 1", 2)]
+
+
+def test_a_retried_task_is_accounted_each_attempt_and_recorded_once(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path, count=3)
+    log, _ = _claim(store, slot, want=1)
+    _run(log, slot, 0, 1, retry=True)
+    _run(log, slot, 0, 0)
+    store.exchange(log, slot, want=0)
+    assert store.finished.read_text() == "0 echo 0\n"
+    assert store.failed.read_text() == ""
+    rows = [line.split("\t")[:3] for line in store.accounting.read_text().splitlines()[1:]]
+    assert rows == [["0", "1", "exit:1"], ["0", "2", "ok"]]
 
 
 def _dead_pid() -> int:
@@ -92,25 +138,40 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_tasks_of_a_dead_local_worker_come_back_on_top(tmp_path: Path) -> None:
+def test_a_dead_local_workers_batch_is_settled_what_ended_is_kept_the_rest_comes_back_on_top(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     dead = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
-    task = store.claim(dead)
-    assert task is not None
-    live_task = store.claim(slot)
-    assert live_task is not None
+    log, tasks = _claim(store, dead, want=3)
+    _run(log, dead, 0)
+    log.start(1, attempt=1, log="logs/log_1")  # it died running this one
+    log.close()
+    _, live = _claim(store, slot)
     returned = store.recover_dead(me=farmer.name)
-    assert [t.taskid for t in returned] == [task.taskid]
-    assert store.toprocess.read_text().splitlines()[-1] == f"{task.taskid}@2 {task.command}"
+    assert [t.taskid for t in returned] == [1, 2]
+    assert store.toprocess.read_text().splitlines()[-2:] == ["2 echo 2", "1@2 echo 1"]
+    assert _ids(store.finished) == ["0"]
+    rows = [line.split("\t")[:3] for line in store.accounting.read_text().splitlines()[1:]]
+    assert rows == [["0", "1", "ok"], ["1", "1", "lost"]]
     assert not store.slot_path(farmer.name, 1).exists()
-    assert store.read_slot(store.slot_path(farmer.name, 0)) is not None  # a live worker keeps its task
+    assert store.read_slot(store.slot_path(farmer.name, 0)) is not None  # a live worker keeps its batch
+    assert [t.taskid for t in tasks] == [0, 1, 2]
+    assert [t.taskid for t in live] == [3]
+
+
+def test_a_slot_file_of_the_previous_version_is_recovered(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path)
+    dead = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
+    legacy = replace(dead, task=4, command="echo 4", started=time.time())
+    store.slot_path(farmer.name, 1).write_bytes(legacy.to_json())
+    assert [t.taskid for t in store.recover_dead(me=farmer.name)] == [4]
+    assert store.toprocess.read_text().splitlines()[-1] == "4@2 echo 4"
 
 
 def test_a_reused_pid_does_not_keep_a_dead_holder_alive(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     # Our own PID, but a start time that is not ours: the process that claimed is gone, the PID was reused.
     impostor = replace(slot, worker=1, holder=replace(slot.holder, ctime=slot.holder.ctime - 1000))
-    assert store.claim(impostor) is not None
+    assert _claim(store, impostor)[1]
     assert len(store.recover_dead(me=farmer.name)) == 1
 
 
@@ -127,17 +188,16 @@ def _remote(store: WorkDir, *, lease: float, age: float) -> SlotRecord:
 def test_remote_farmers_are_dead_only_after_their_lease(tmp_path: Path, age: float, recovered: bool) -> None:
     store, farmer, _ = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=age)
-    task = store.claim(remote_slot)
-    assert task is not None
+    _, tasks = _claim(store, remote_slot)
     returned = store.recover_dead(me=farmer.name)
-    assert [t.taskid for t in returned] == ([task.taskid] if recovered else [])
+    assert [t.taskid for t in returned] == ([tasks[0].taskid] if recovered else [])
     assert (store.farmers / remote_slot.farmer).exists() is not recovered
 
 
 def test_a_late_remote_farmer_is_reported_stale_before_its_lease_ends(tmp_path: Path) -> None:
     store, farmer, _ = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=30.0)
-    assert store.claim(remote_slot) is not None
+    assert _claim(store, remote_slot)[1]
     assert store.stale_holders(me=farmer.name) == [remote_slot.farmer]
 
 
@@ -152,18 +212,6 @@ def test_lock_goes_to_scratch_when_set(tmp_path: Path, monkeypatch: pytest.Monke
     assert default_lock_path(tmp_path / "wd", tmp_path / "locks").parent == tmp_path / "locks"
 
 
-def test_a_retried_task_is_claimed_again_at_once_and_never_lost(tmp_path: Path) -> None:
-    store, _, slot = _store(tmp_path, count=3)
-    task = store.claim(slot)
-    assert task is not None
-    failing = replace(slot, task=task.taskid, command=task.command, attempt=task.attempt)
-    again = store.finish_and_claim(failing, Outcome(1, 1.0, 2.0), claim_next=True, retry=True)
-    assert again is not None
-    assert (again.taskid, again.attempt) == (0, 2)
-    assert sorted(int(line.split()[0]) for line in store.toprocess.read_text().splitlines()) == [1, 2]
-    assert store.failed.read_text() == ""
-
-
 def test_a_zombie_holder_is_dead(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     child = subprocess.Popen(["sleep", "0.2"])
@@ -173,27 +221,30 @@ def test_a_zombie_holder_is_dead(tmp_path: Path) -> None:
     while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.01)
     zombie = replace(slot.holder, pid=child.pid, ctime=started)
-    assert store.claim(replace(slot, worker=1, holder=zombie)) is not None
+    assert _claim(store, replace(slot, worker=1, holder=zombie))[1]
     assert len(store.recover_dead(me=farmer.name)) == 1
     child.wait()
 
 
-def test_a_task_given_back_while_it_ran_is_only_accounted_when_it_ends(tmp_path: Path) -> None:
-    store, farmer, slot = _store(tmp_path, count=2)
-    task = store.claim(slot)
-    assert task is not None
-    assert [t.taskid for t in store.forget_farmer(farmer.name)] == [0]  # e.g. its lease expired
-    running = replace(slot, task=task.taskid, command=task.command)
-    assert store.finish_and_claim(running, Outcome(0, 1.0, 2.0), claim_next=False) is None
+def test_a_batch_given_back_while_it_ran_is_only_accounted_when_it_ends(tmp_path: Path) -> None:
+    store, farmer, _ = _store(tmp_path, count=2)
+    remote = _remote(store, lease=60.0, age=5.0)
+    log, _ = _claim(store, remote, want=1)
+    log.start(0, attempt=1, log="logs/log_0")
+    assert [t.taskid for t in store.forget_farmer(remote.farmer)] == [0]  # e.g. its lease expired
+    _run(log, remote, 0)
+    store.exchange(log, remote, want=0)
     assert store.finished.read_text() == ""
-    assert [line.split()[0] for line in store.toprocess.read_text().splitlines()] == ["1", "0@2"]
-    assert len(store.accounting.read_text().splitlines()) == 2  # the header and this attempt
+    assert _ids(store.toprocess) == ["1", "0@2"]
+    statuses = [line.split("\t")[2] for line in store.accounting.read_text().splitlines()[1:]]
+    assert statuses == ["lost", "ok"]  # the attempt as the recovery saw it, then as it really ended
+    assert farmer.name != remote.farmer
 
 
 def test_another_local_farmer_leaves_a_live_farmers_dead_worker_to_it(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     dead_worker = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
-    assert store.claim(dead_worker) is not None
+    assert _claim(store, dead_worker)[1]
     assert store.recover_dead(me="some-other-farmer") == []  # its own farmer kills what it left, then recovers
     assert len(store.recover_dead(me=farmer.name)) == 1
 
@@ -222,5 +273,46 @@ def test_records_of_a_newer_farmer_version_are_read_not_taken_for_damaged(tmp_pa
     newer["holder"]["namespace"] = "pid:[4026531836]"
     (store.farmers / remote_slot.farmer).write_text(json.dumps(newer))
     assert remote_slot.farmer in store.read_farmers()
-    assert store.claim(remote_slot) is not None
+    assert _claim(store, remote_slot)[1]
     assert store.recover_dead(me=farmer.name) == []  # alive: its heartbeat is recent
+
+
+def test_a_toprocess_older_than_recorded_is_a_stale_view_after_a_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, slot = _store(tmp_path)
+    monkeypatch.setattr(store_module, "STALE_PATIENCE", 0.3)
+    _claim(store, slot)
+    before = store.toprocess.read_bytes()
+    with store.toprocess.open("ab") as queue:
+        queue.write(b"9 echo not recorded\n")  # what a cached view of another node's change looks like
+    started = time.monotonic()
+    with pytest.raises(StaleViewError, match=r"Stale view of .*toprocess .*filesystem"):
+        _claim(store, replace(slot, worker=1))
+    assert time.monotonic() - started >= 0.3
+    assert store.toprocess.read_bytes() == before + b"9 echo not recorded\n"  # nothing changed
+
+
+def test_a_journal_older_than_one_this_process_saw_is_a_stale_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _, slot = _store(tmp_path)
+    monkeypatch.setattr(store_module, "STALE_PATIENCE", 0.3)
+    journal = store.path / ".journal"
+    old = journal.read_bytes()
+    _claim(store, slot)
+    journal.write_bytes(old)  # a node whose cache still serves the journal as it was
+    with pytest.raises(StaleViewError, match="generation"):
+        _claim(store, replace(slot, worker=1))
+
+
+def test_the_journal_records_the_sizes_farmers_append_at(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path)
+    log, _ = _claim(store, slot, want=2)
+    _run(log, slot, 0)
+    _run(log, slot, 1)
+    store.exchange(log, slot, want=1)
+    state = json.loads((store.path / ".journal").read_bytes())
+    for name in ("toprocess", "finished", "failed", "accounting.tsv", "timeline.json"):
+        assert state["sizes"][name] == (store.path / name).stat().st_size, name
+    assert state["workers"] == 1
