@@ -20,11 +20,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer import process
+from taskfarmer.errors import WorkDirError
 from taskfarmer.logs import FILES
 from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
 from taskfarmer.worker import (
     EXIT_DONE,
     EXIT_STOPPED,
+    EXIT_STORE,
     SLOT_VARIABLE,
     FarmFlags,
     TaskPolicy,
@@ -58,6 +60,7 @@ class StopReason(enum.Enum):
     IMMEDIATE = "second interrupt"
     WORKERS_FAILING = "workers keep dying"
     FAIL_FAST = "too many failed tasks (--max-failures)"
+    STORE = "the work directory cannot be trusted from this node"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class FarmerResult:
     retried: int = 0
     returned: list[int] = field(default_factory=list)  # this farmer's running tasks it gave back when stopping
     recovered: list[int] = field(default_factory=list)  # tasks of dead farmers it put back in the queue
+    error: str = ""  # why the work directory could not be used (StopReason.STORE)
 
 
 class Farmer:
@@ -152,6 +156,8 @@ class Farmer:
         try:
             self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
             self._farm()
+        except WorkDirError as exc:
+            self._store_failed(str(exc))
         finally:
             self._shutdown()
             for signum, handler in self._previous_handlers.items():
@@ -206,6 +212,10 @@ class Farmer:
             return True
         return False
 
+    def _store_failed(self, message: str) -> None:
+        if self.result.stopped is not StopReason.STORE:
+            self.result.stopped, self.result.error = StopReason.STORE, message
+
     def _heartbeat(self) -> None:
         self.store.heartbeat(self.record)
         self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
@@ -245,6 +255,8 @@ class Farmer:
             self.result.retried += 1
         elif event[0] == "returned":
             self.result.returned.append(event[2])
+        elif event[0] == "error":
+            self._store_failed(event[3])
 
     # -- workers ----------------------------------------------------------------------------------------------------
 
@@ -283,7 +295,7 @@ class Farmer:
             if slot in self._pipes:
                 self._read_pipe(slot)  # its last events
                 self._pipes.pop(slot, None)
-            if worker.exitcode not in (EXIT_DONE, EXIT_STOPPED) and self.result.stopped is None:
+            if worker.exitcode not in (EXIT_DONE, EXIT_STOPPED, EXIT_STORE) and self.result.stopped is None:
                 self._replace_dead_worker(slot, worker.exitcode)
 
     def _replace_dead_worker(self, slot: int, exitcode: int | None) -> None:
@@ -327,9 +339,12 @@ class Farmer:
         process.kill_farm_leftovers(grace=grace)
         self._cleanup_runner()
         self._drain_events(0)
-        # Now mostly the tasks of this farmer's workers that had to be killed: count them as given back.
-        self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
-        self.store.unregister(self.record)
+        try:
+            # Now mostly the tasks of this farmer's workers that had to be killed: count them as given back.
+            self.result.returned.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+            self.store.unregister(self.record)
+        except WorkDirError as exc:
+            self._store_failed(str(exc))  # the next farmer that sees the work directory right recovers them
 
 
 def gpu_environment(gpus: tuple[str, ...], slot: int) -> tuple[tuple[str, str], ...]:

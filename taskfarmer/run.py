@@ -115,17 +115,24 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
         )
         return EXIT_STOPPED
     if result.stopped is not None:
-        sys.stderr.write(
-            f"pytaskfarmer: stopped ({result.stopped.value}): {len(result.returned)} running tasks went back to the"
-            f" queue. Run the same command again to go on (work directory {store.path}).\n"
-        )
-        if result.stopped is StopReason.WORKERS_FAILING:
-            return EXIT_BROKEN
-        return EXIT_INTERRUPTED if result.stopped is StopReason.IMMEDIATE else EXIT_STOPPED
+        return _stopped(store, result, result.stopped)
     if counts.failed:
         sys.stderr.write(f"pytaskfarmer: {counts.failed} tasks failed: see {store.failed}\n")
         return EXIT_FAILED_TASKS
     return EXIT_STOPPED if counts.toprocess else EXIT_OK
+
+
+def _stopped(store: WorkDir, result: FarmerResult, reason: StopReason) -> int:
+    if reason is StopReason.STORE:
+        sys.stderr.write(f"pytaskfarmer: {result.error}\n")
+        return EXIT_BROKEN
+    sys.stderr.write(
+        f"pytaskfarmer: stopped ({reason.value}): {len(result.returned)} running tasks went back to the"
+        f" queue. Run the same command again to go on (work directory {store.path}).\n"
+    )
+    if reason is StopReason.WORKERS_FAILING:
+        return EXIT_BROKEN
+    return EXIT_INTERRUPTED if reason is StopReason.IMMEDIATE else EXIT_STOPPED
 
 
 def _state_line(counts: Counts) -> str:

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from taskfarmer import config, process
 from taskfarmer.batching import BatchSizer
+from taskfarmer.errors import WorkDirError
 from taskfarmer.logs import FILES, TaskLog, TaskLogs
 from taskfarmer.store import Holder, Outcome, SlotLog, SlotRecord, Task, WorkDir, ended
 from taskfarmer.watcher import STOP, TaskWatcher
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 _LOGGER: Final = logging.getLogger(__name__)
 EXIT_DONE: Final = 0  # no task left
 EXIT_STOPPED: Final = 3  # told to stop; its task went back to the queue
+EXIT_STORE: Final = 5  # the work directory cannot be trusted from this node (a stale view): the farm stops
 SLOT_VARIABLE: Final = "TASKFARMER_SLOT"
 # Exit statuses of a task killed by the signals batch systems stop jobs with (negative: the signal; 128+N: a shell's).
 _STOP_DEATHS: Final = frozenset(
@@ -126,7 +128,11 @@ def worker_main(spec: WorkerSpec, flags: FarmFlags, events: Connection) -> None:
     process.become_subreaper()
     worker = Worker(spec, flags=flags, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
-    code = worker.run()
+    try:
+        code = worker.run()
+    except WorkDirError as exc:
+        worker.report_error(str(exc))
+        code = EXIT_STORE
     events.close()
     os._exit(code)  # skip multiprocessing's atexit work: the task state is already on disk
 
@@ -232,6 +238,10 @@ class Worker:
             if not retry:
                 return True
             task = replace(task, attempt=outcome.attempt + 1)
+
+    def report_error(self, message: str) -> None:
+        """Tell the farmer why this worker cannot go on (it stops the farm and says so)."""
+        self._send("error", -1, message)
 
     def _should_retry(self, outcome: Outcome) -> bool:
         return not outcome.succeeded and outcome.attempt <= self.spec.policy.retries

@@ -638,7 +638,8 @@ class StaleViewError(WorkDirError):
             " serves cached data to a farmer holding the lock, so farmers on other nodes would run tasks twice."
             " Turn the client caches off (GlusterFS: volume options performance.* off and mount options"
             " attribute-timeout=0,entry-timeout=0; NFS: no 'nocto'), or use another filesystem;"
-            " `taskfarmer check-fs DIR` tests one."
+            " `taskfarmer check-fs DIR` tests one. (A file edited by hand while no farmer ran: remove"
+            f" {path.parent / '.journal'}, it is rebuilt.)"
         )
 
 

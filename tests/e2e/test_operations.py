@@ -187,3 +187,24 @@ def test_log_command_prints_a_tasks_output_in_both_modes(
     else:
         assert len(files) == 40 + 20  # one per attempt: the 20 odd tasks ran twice
     assert main(["log", str(workdir), "99"]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_farmer_that_sees_an_older_toprocess_than_recorded_stops_with_one_line(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"echo {i}" for i in range(6)])
+    workdir = tmp_path / "t.txt_workdir"
+    first = run_farmer(tasklist, "-n", "1", "--timeout", "0.01", "-q")
+    assert first.returncode in (0, 3), first.stderr
+    queue = (workdir / "toprocess").read_bytes()
+    cut = queue[: queue.rstrip(b"\n").rfind(b"\n") + 1]  # as a node whose cache missed the last change sees it
+    (workdir / "toprocess").write_bytes(cut)
+    finished = (workdir / "finished").read_bytes()
+    second = run_farmer(tasklist, "-n", "2", "-q")
+    assert second.returncode == 4, second.stderr
+    errors = [line for line in second.stderr.splitlines() if "Stale view" in line]
+    assert len(errors) == 1, second.stderr
+    assert "toprocess" in errors[0]
+    assert "filesystem" in errors[0]
+    assert "Traceback" not in second.stderr
+    assert (workdir / "finished").read_bytes() == finished  # nothing ran from the stale view
+    assert (workdir / "toprocess").read_bytes() == cut
