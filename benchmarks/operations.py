@@ -4,8 +4,7 @@ Three measurements, in one run, on tasklists of ``true`` with 2 workers:
 
 1. Throughput with each display: ``-q`` (none), the plain-line mode of a batch job (stderr not a terminal), and the
    live ``rich`` view on a terminal (the farmer runs under ``script``, which gives it a pseudo-terminal).
-2. The accounting line: the store's finish-and-claim step timed in-process with and without the line written to
-   ``accounting.tsv``, in microseconds per task.
+2. The store's claim-and-record step, in-process, by batch size: microseconds and lock holds per task.
 3. Files created, and system calls naming a path in the work directory per task (what a shared filesystem's
    metadata server sees), in the default log mode (a file per task) and the streamed mode (a file per worker).
    Needs ``strace`` (``apt-get install strace``).
@@ -24,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotRecord, WorkDir
+from taskfarmer.store import FarmerRecord, Holder, Outcome, SlotLog, SlotRecord, WorkDir, ended
 
 REPO: Final = Path(__file__).resolve().parent.parent
 FARMER: Final = [sys.executable, str(REPO / "bin" / "pytaskfarmer.py")]
@@ -64,7 +62,11 @@ def display_costs(tasklist: Path, scratch: Path, tasks: int, repeat: int) -> Non
         print(f"{name:32} {seconds:8.2f} {tasks / seconds:8.0f} {seconds / best[0]:6.2f}x")
 
 
-def _finish_loop(root: Path, count: int, *, with_accounting: bool) -> float:
+def _store_loop(root: Path, count: int, *, batch: int) -> tuple[float, float]:
+    """Claim and record *count* tasks in-process, *batch* per claim, as a worker does (no task is run).
+
+    :returns: microseconds per task, lock holds per task
+    """
     root.mkdir()
     tasklist = root / "list.txt"
     tasklist.write_text("true\n" * count)
@@ -74,24 +76,24 @@ def _finish_loop(root: Path, count: int, *, with_accounting: bool) -> float:
     farmer = FarmerRecord.new(workers=1, lease=600)
     store.register(farmer)
     slot = SlotRecord(-1, "", farmer.name, 0, Holder.this_process(), 0.0)
-    if not with_accounting:
-        finish = store._finish_or_record  # noqa: SLF001  # the benchmark takes the accounting line out, nothing else
-        store._finish_or_record = lambda *a, **k: finish(*a, **k)[:-1]  # type: ignore[method-assign]  # noqa: SLF001
-    task = store.claim(slot)
+    log = SlotLog(store.slot_path(farmer.name, 0))
+    holds = 0
     started = time.perf_counter()
-    while task is not None:
-        slot = replace(slot, task=task.taskid, command=task.command)
-        task = store.finish_and_claim(slot, Outcome(0, 1.0, 2.0), claim_next=True)
-    return (time.perf_counter() - started) / count * 1e6
+    while tasks := store.exchange(log, slot, want=batch):
+        holds += 1
+        for index, task in enumerate(tasks):
+            log.start(index, attempt=1, log="")
+            log.end(ended(slot, index, task, Outcome(0, 1.0, 2.0), retry=False))
+    return (time.perf_counter() - started) / count * 1e6, (holds + 1) / count
 
 
-def accounting_cost(scratch: Path) -> None:
+def store_cost(scratch: Path) -> None:
     count = 3000
-    without = _finish_loop(scratch / "acc-without", count, with_accounting=False)
-    with_it = _finish_loop(scratch / "acc-with", count, with_accounting=True)
-    print(f"\n2. accounting: finish-and-claim of {count} tasks, in-process")
-    print(f"without the accounting line: {without:6.0f} us per task")
-    print(f"with the accounting line:    {with_it:6.0f} us per task ({with_it - without:+.0f} us)")
+    print(f"\n2. store: claim and record {count} tasks in-process (local disk), by batch size")
+    print(f"{'batch':>6} {'us/task':>8} {'lock holds/task':>16}")
+    for batch in (1, 8, 64):
+        micros, holds = _store_loop(scratch / f"store-{batch}", count, batch=batch)
+        print(f"{batch:6d} {micros:8.0f} {holds:16.3f}")
 
 
 def _workdir_calls(argv: list[str], workdir: Path) -> dict[str, int]:
@@ -133,7 +135,7 @@ def main() -> int:
         tasklist = scratch / "true.txt"
         tasklist.write_text("true\n" * args.tasks)
         display_costs(tasklist, scratch, args.tasks, args.repeat)
-        accounting_cost(scratch)
+        store_cost(scratch)
         small = scratch / "true-small.txt"
         small.write_text("true\n" * args.strace_tasks)
         metadata_costs(small, scratch, args.strace_tasks)

@@ -316,3 +316,40 @@ def test_the_journal_records_the_sizes_farmers_append_at(tmp_path: Path) -> None
     for name in ("toprocess", "finished", "failed", "accounting.tsv", "timeline.json"):
         assert state["sizes"][name] == (store.path / name).stat().st_size, name
     assert state["workers"] == 1
+
+
+def _worker_lines(log: SlotLog, slot: SlotRecord) -> list[bytes]:
+    """A batch of 3 run by a worker: finished, failed after a retry, and one started last; its slot file's lines."""
+    _run(log, slot, 0)
+    _run(log, slot, 1, 1, retry=True)
+    _run(log, slot, 1, 2)
+    log.start(2, attempt=1, log="logs/log_2")
+    log.close()
+    return log.path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("torn", [False, True])
+@pytest.mark.parametrize("kept", range(8))
+def test_a_worker_killed_after_any_line_of_its_slot_file_loses_nothing(tmp_path: Path, kept: int, torn: bool) -> None:
+    """kill -9 after `kept` lines of the slot file (and in the middle of the next one): recovery puts every task
+    in exactly one state, keeps what ended, accounts every attempt once.
+    """
+    store, farmer, slot = _store(tmp_path, count=4)
+    dead = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
+    log, _ = _claim(store, dead, want=3)
+    lines = _worker_lines(log, dead)
+    assert len(lines) == 8  # the claim, then 7 appended lines
+    content = b"".join(lines[: kept + 1])
+    if torn and kept + 1 < len(lines):
+        content += lines[kept + 1][:10]
+    log.path.write_bytes(content)
+    store.recover_dead(me=farmer.name)
+    queued = _ids(store.toprocess)
+    states = [line.split("@")[0] for line in queued] + _ids(store.finished) + _ids(store.failed)
+    assert sorted(states) == ["0", "1", "2", "3"], states
+    ended_lines = [json.loads(line) for line in lines[1 : kept + 1] if b'"end"' in line]
+    rows = [tuple(line.split("\t")[:3]) for line in store.accounting.read_text().splitlines()[1:]]
+    assert len(rows) == len(set(rows)), "an attempt accounted twice"
+    assert len([r for r in rows if r[2] not in {"lost"}]) == len(ended_lines)
+    assert ("0" in _ids(store.finished)) is (kept >= 2)
+    assert ("1" in _ids(store.failed)) is (kept >= 6)
