@@ -430,9 +430,11 @@ class WorkDir:
             actions.append(WriteAt(self.toprocess.name, sizes[self.toprocess.name], back))
         return actions
 
-    def _give_back_slot(self, path: Path, *, status: str) -> list[Task]:
+    def _give_back_slot(self, path: Path, *, status: str, maybe_alive: bool = False) -> list[Task]:
         """Settle the slot file at *path* of a worker that is gone, and remove it (under the lock).
 
+        :param maybe_alive: the worker may still run (a farmer forgotten by hand): it must learn that its slot
+            was taken, as a worker on another host presumed dead does
         :returns: the tasks put back in the queue
         """
         view = _slots.read(path)
@@ -440,8 +442,8 @@ class WorkDir:
         if view is None:
             self._journal.commit([Unlink(relative)])
             return []
-        remote = not view.holder.is_local()
-        recoveries = self._journal.state.recoveries + remote
+        taken = maybe_alive or not view.holder.is_local()  # a lease expired: the holder may only be late
+        recoveries = self._journal.state.recoveries + taken
         self._journal.commit([*self._settle(view, status=status), Unlink(relative)], recoveries=recoveries)
         returned = [task for task, _ in view.back_to_queue()]
         for task in returned:
@@ -540,7 +542,7 @@ class WorkDir:
         with self.locked():
             returned = []
             for slot_path in self._slot_files(name):
-                returned.extend(self._give_back_slot(slot_path, status=LOST))
+                returned.extend(self._give_back_slot(slot_path, status=LOST, maybe_alive=True))
             record = self.read_farmers().get(name)
             if record is not None:
                 self._forget(record[0])

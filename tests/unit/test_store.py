@@ -350,6 +350,17 @@ def test_a_worker_killed_after_any_line_of_its_slot_file_loses_nothing(tmp_path:
     ended_lines = [json.loads(line) for line in lines[1 : kept + 1] if b'"end"' in line]
     rows = [tuple(line.split("\t")[:3]) for line in store.accounting.read_text().splitlines()[1:]]
     assert len(rows) == len(set(rows)), "an attempt accounted twice"
-    assert len([r for r in rows if r[2] not in {"lost"}]) == len(ended_lines)
+    assert len([r for r in rows if r[2] != "lost"]) == len(ended_lines)
     assert ("0" in _ids(store.finished)) is (kept >= 2)
     assert ("1" in _ids(store.failed)) is (kept >= 6)
+
+
+def test_a_live_local_farmer_forgotten_by_hand_only_accounts_its_batch_afterwards(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path, count=3)
+    log, _ = _claim(store, slot, want=2)
+    _run(log, slot, 0)
+    assert [t.taskid for t in store.forget_farmer(farmer.name)] == [1]  # 0 ended: it is kept as finished
+    _run(log, slot, 1)
+    store.exchange(log, slot, want=0)
+    assert _ids(store.finished) == ["0"]
+    assert sorted(_ids(store.toprocess)) == ["1", "2"]
