@@ -11,18 +11,17 @@ The jobs find ``pytaskfarmer.py`` on the PATH of ``condor_submit`` (``getenv = t
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
+from taskfarmer.store import WorkDir
 from tests.helpers import LONG, REPO, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
@@ -130,12 +129,9 @@ def _runs(out: Path) -> collections.Counter[int]:
 
 def _held(workdir: Path) -> dict[int, float]:
     """:returns: the tasks running now, with their start time"""
-    held = {}
-    for path in (workdir / "running").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            record: dict[str, Any] = json.loads(path.read_bytes())
-            held[int(record["task"])] = float(record["started"])
-    return held
+    if not (workdir / "running").exists():
+        return {}
+    return {r.task: r.started for r in WorkDir(workdir).running_tasks()}
 
 
 def _assert_list_done(workdir: Path, count: int) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psutil
 import pytest
 
+from taskfarmer.store import WorkDir
 from tests.helpers import LONG, REPO, freeze_then_kill, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
@@ -158,12 +159,9 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def _held(workdir: Path, farmer: str | None = None) -> dict[int, float]:
     """:returns: the tasks that slots of the work directory hold (of one farmer, if given), with their start time"""
-    held = {}
-    for path in (workdir / "running").glob("*"):
-        record = _json(path)
-        if record is not None and (farmer is None or record["farmer"] == farmer):
-            held[int(record["task"])] = float(record["started"])
-    return held
+    if not (workdir / "running").exists():
+        return {}
+    return {r.task: r.started for r in WorkDir(workdir).running_tasks() if farmer is None or r.farmer == farmer}
 
 
 def _assert_list_done(workdir: Path, count: int) -> None:
