@@ -90,7 +90,7 @@ class Display:
 
     def _eta(self) -> str:
         rate = self._rate()
-        left = self._counts.toprocess + self._counts.running
+        left = self._counts.left + self._counts.running
         if not rate or not left:
             return "-"
         return _duration(left / rate)
@@ -100,7 +100,7 @@ class Display:
         counts = self._counts
         return (
             f"pytaskfarmer: {self._done}/{counts.total} done ({counts.failed} failed), {counts.running} running,"
-            f" {counts.toprocess} left, {self._rate():.1f} tasks/s, ETA {self._eta()}"
+            f" {counts.left} left, {self._rate():.1f} tasks/s, ETA {self._eta()}"
         )
 
     def _render(self) -> Group:
@@ -110,7 +110,7 @@ class Display:
         counts = self._counts
         detail = (
             f"[green]{counts.finished} finished[/] [red]{counts.failed} failed[/] {counts.running} running"
-            f" {counts.toprocess} left  {self._rate():.1f}/s  ETA {self._eta()}"
+            f" {counts.left} left  {self._rate():.1f}/s  ETA {self._eta()}"
         )
         self._progress.update(self._bar, total=counts.total, completed=self._done, detail=detail)
         table = Table(box=None, show_header=bool(self._running), pad_edge=False)

@@ -186,6 +186,8 @@ class Farmer:
                 return
 
     def _check_drain(self) -> None:
+        if why := self.store.stale_mark():
+            self._store_failed(why, mark=False)
         if not self._flags.draining and self.store.drain_requested():
             _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
             self._flags.drain()
@@ -212,8 +214,10 @@ class Farmer:
             return True
         return False
 
-    def _store_failed(self, message: str) -> None:
+    def _store_failed(self, message: str, *, mark: bool = True) -> None:
         if self.result.stopped is not StopReason.STORE:
+            if mark:
+                self.store.mark_stale(message)  # the farmers on other nodes stop too, within a second
             self.result.stopped, self.result.error = StopReason.STORE, message
 
     def _heartbeat(self) -> None:

@@ -18,6 +18,7 @@ from taskfarmer.cli import (
     check_tasklist_has_tasks,
 )
 from taskfarmer.display import Display
+from taskfarmer.errors import WorkDirError
 from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
 from taskfarmer.store import Counts, IngestResult, WorkDir, default_lock_path
 from taskfarmer.worker import TaskPolicy
@@ -42,6 +43,8 @@ def run_tasklist(args: argparse.Namespace) -> int:
     check_tasklist_has_tasks(args.tasklist)
     workdir = args.workdir or Path(f"{args.tasklist}_workdir")
     store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
+    if why := store.stale_mark():
+        raise WorkDirError(why)
     if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
         runner_object.preflight(workdir=workdir)
     store.create()
@@ -137,6 +140,6 @@ def _stopped(store: WorkDir, result: FarmerResult, reason: StopReason) -> int:
 
 def _state_line(counts: Counts) -> str:
     line = f"{counts.finished} finished, {counts.failed} failed, {counts.toprocess} left"
-    if counts.running:
-        line += f", {counts.running} still running in other farmers"
+    if counts.running or counts.claimed:
+        line += f", {counts.running + counts.claimed} still running or claimed in other farmers"
     return line

@@ -47,12 +47,13 @@ def collect(store: WorkDir) -> StatusReport:
         tasks={
             "total": counts.total,
             "toprocess": counts.toprocess,
+            "claimed": counts.claimed,
             "running": counts.running,
             "finished": counts.finished,
             "failed": counts.failed,
         },
         rate_per_s=rate,
-        eta_s=(counts.toprocess + counts.running) / rate if rate else None,
+        eta_s=(counts.left + counts.running) / rate if rate else None,
     )
     report.failed, report.failed_not_shown = _failed(store)
     report.running = _running(store)
@@ -163,7 +164,7 @@ def _text(report: StatusReport) -> str:
     lines = [
         (
             f"{report.workdir}: {tasks['total']} tasks: {tasks['finished']} finished, {tasks['failed']} failed,"
-            f" {tasks['running']} running, {tasks['toprocess']} to process"
+            f" {tasks['running']} running, {tasks['toprocess'] + tasks['claimed']} to process"
         ),
     ]
     if report.rate_per_s:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from taskfarmer.errors import TaskListError, WorkDirError
 from taskfarmer.store import _files, _slots
@@ -44,7 +44,7 @@ from taskfarmer.store._ingest import (
     ingest,
     open_tasklist,
 )
-from taskfarmer.store._journal import Action, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
+from taskfarmer.store._journal import Action, ConflictError, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
 from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, host_name, parse_stack_entry
 from taskfarmer.store._lock import DescriptorLock, LockTimeoutError
 from taskfarmer.store._records import (
@@ -62,6 +62,8 @@ from taskfarmer.store._slots import SlotLog, SlotView, Task
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+_Result = TypeVar("_Result")
 
 __all__ = [
     "ACCOUNTING_COLUMNS",
@@ -92,15 +94,21 @@ _LOCK_INSIDE: Final = "the work directory"  # what .lockfile says for the defaul
 class Counts:
     """How many tasks are in each state, over the whole list and every farmer."""
 
-    toprocess: int = 0
+    toprocess: int = 0  # in the queue (``toprocess``)
     running: int = 0
     finished: int = 0
     failed: int = 0
+    claimed: int = 0  # taken from the queue by a worker, in its batch, not started yet
 
     @property
     def total(self) -> int:
         """:returns: the number of tasks in the list"""
-        return self.toprocess + self.running + self.finished + self.failed
+        return self.toprocess + self.claimed + self.running + self.finished + self.failed
+
+    @property
+    def left(self) -> int:
+        """:returns: the tasks not run yet, queued or claimed"""
+        return self.toprocess + self.claimed
 
 
 def recorded_lock_path(workdir: Path) -> Path | None:
@@ -150,6 +158,7 @@ class WorkDir:
         self.farmers = path / "farmers"
         self._state = path / "tasklist.json"
         self.drain_file = path / "drain"
+        self.stale_file = path / "stale"
 
     # -- setting up -------------------------------------------------------------------------------------------------
 
@@ -169,7 +178,8 @@ class WorkDir:
             msg = f"Cannot use work directory {self.path}: {exc.strerror or exc}. Pick another one with --workdir."
             raise WorkDirError(msg) from exc
         try:
-            with self.locked():
+
+            def change() -> None:
                 sizes = self._journal.sizes()
                 state_files = (self.toprocess, self.finished, self.failed)
                 made_files: list[Action] = [WriteAt(name.name, 0, b"") for name in state_files if not name.exists()]
@@ -178,6 +188,8 @@ class WorkDir:
                 if sizes[self.accounting.name] == 0:
                     made_files.append(WriteAt(self.accounting.name, 0, ACCOUNTING_HEADER))
                 self._journal.commit(made_files)
+
+            self._transaction(change)
         except WorkDirError:
             _remove_empty(made)
             raise
@@ -226,6 +238,32 @@ class WorkDir:
             self._lock.release()
             self.lock_seconds = time.monotonic() - asked
 
+    def _transaction(self, operation: Callable[[], _Result]) -> _Result:
+        """Run *operation* under the lock; run it again, from a fresh view, when another farmer's change was not
+        visible to this one (its commit found the generation marker moved: nothing was changed).
+
+        :raises StaleViewError: when the view stays older than the marker for too long
+        """
+        deadline = time.monotonic() + STALE_PATIENCE
+        pause = 0.05
+        adopted = False
+        while True:
+            try:
+                with self.locked():
+                    return operation()
+            except ConflictError as exc:  # noqa: PERF203  # a retry loop: conflicts are rare, and cost a sleep
+                if time.monotonic() < deadline:
+                    _LOGGER.info("the work directory changed unseen (%s): looking again", exc)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+                    continue
+                if not adopted:
+                    # The view never caught up: the marker is one ahead because a farmer died between moving it
+                    # and writing its record (nothing of that change was applied). Take its generation over, once.
+                    adopted = self._journal.adopt_next = True
+                    continue
+                raise StaleViewError(self.path / ".journal", str(exc)) from exc
+
     def _acquire(self) -> None:
         try:
             self._lock.acquire(timeout=LOCK_TIMEOUT)
@@ -256,8 +294,11 @@ class WorkDir:
         :returns: what was taken in, ``None`` when nothing was new
         :raises TaskListError: when the tasklist cannot be read, was truncated or changed
         """
-        with self.locked():
+
+        def change() -> IngestResult | None:
             return self._sync_tasklist_locked(tasklist)
+
+        return self._transaction(change)
 
     def _sync_tasklist_locked(self, tasklist: Path) -> IngestResult | None:
         state = TaskListState.from_json(_files.read_small(self._state))
@@ -291,17 +332,23 @@ class WorkDir:
     def register(self, farmer: FarmerRecord) -> None:
         """Announce a farmer (its file's mtime is then its heartbeat) and add it to the timeline."""
         meta = {"name": "process_name", "ph": "M", "pid": farmer.holder.pid, "args": {"name": farmer.name}}
-        with self.locked():
+
+        def change() -> None:
             actions: list[Action] = [
                 WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json()),
                 self._timeline_write([meta]),
             ]
             self._journal.commit(actions, workers=self._journal.state.workers + farmer.workers)
 
+        self._transaction(change)
+
     def update_farmer(self, farmer: FarmerRecord) -> None:
         """Rewrite a registered farmer's record (its state changed, e.g. it drains); also a heartbeat."""
-        with self.locked():
+
+        def change() -> None:
             self._journal.commit([WriteAt(f"farmers/{farmer.name}", 0, farmer.to_json())])
+
+        self._transaction(change)
 
     def heartbeat(self, farmer: FarmerRecord) -> None:
         """Tell other hosts this farmer is alive."""
@@ -315,11 +362,14 @@ class WorkDir:
 
     def unregister(self, farmer: FarmerRecord) -> None:
         """Remove a farmer that stops, with its slot files (the tasks a slot still holds go back to the queue)."""
-        with self.locked():
+
+        def change() -> None:
             for path in self._slot_files(farmer.name):
                 self._give_back_slot(path, status=LOST)
             workers = max(self._journal.state.workers - farmer.workers, 0)
             self._journal.commit([Unlink(f"farmers/{farmer.name}")], workers=workers)
+
+        self._transaction(change)
 
     def _slot_files(self, farmer_name: str) -> list[Path]:
         return sorted(self.running.glob(f"{farmer_name}.*"))
@@ -342,9 +392,10 @@ class WorkDir:
         :param tasklist: when given and the queue is empty, look for lines appended to it
         :returns: the tasks claimed, in the order to run them (none left: empty)
         """
-        with self.locked():
+
+        def change() -> list[Task]:
             self._pending = self._settle(log.view(slot), status=STOPPED, taken=self._taken_away(log))
-            tasks = self._take(want, tasklist, slot) if want else []
+            tasks = self._take(want, tasklist, slot, log) if want else []
             line = _slots.claim_line(slot=slot, tasks=tasks) if tasks else b""
             if tasks:
                 actions = [*self._pending, Truncate(self.toprocess.name, self._claimed_from)]
@@ -357,6 +408,8 @@ class WorkDir:
             self.farm_workers = self._journal.state.workers
             return tasks
 
+        return self._transaction(change)
+
     def _taken_away(self, log: SlotLog) -> bool:
         """:returns: whether a farmer that presumed this one dead settled its slot (its results are then only
         accounted: the queued copies of its tasks decide their fate)
@@ -368,7 +421,7 @@ class WorkDir:
         _LOGGER.warning("tasks of %s were given back while they ran here: their results are only accounted", log.path)
         return True
 
-    def _take(self, want: int, tasklist: Path | None, slot: SlotRecord) -> list[Task]:
+    def _take(self, want: int, tasklist: Path | None, slot: SlotRecord, log: SlotLog) -> list[Task]:
         """Find up to *want* tasks on top of the queue (``self._claimed_from``: where they start in toprocess).
 
         ``self._pending`` holds what must be committed with the claim.
@@ -378,6 +431,7 @@ class WorkDir:
             # The settling must be complete (the slot idle) before the sync rewrites toprocess.
             self._journal.commit([*self._pending, WriteAt(self._slot_name(slot), 0, b"")])
             self._pending = []
+            log.hold([], size=0, recoveries=self._journal.state.recoveries)  # settled: a retry must not redo it
             self._sync_in_claim(tasklist)
             top = self._read_top(want)
         self._claimed_from = self._journal.sizes()[self.toprocess.name] - sum(len(line) + 1 for line in top)
@@ -389,18 +443,15 @@ class WorkDir:
 
     def _read_top(self, count: int) -> list[bytes]:
         """:returns: the last *count* lines of toprocess (fewer when it is shorter)
-        :raises StaleViewError: when toprocess looks other than the last lock holder left it, for too long
+        :raises ConflictError: when toprocess is not as the last lock holder recorded it (an old view)
         """
         expected = self._journal.sizes()[self.toprocess.name]
-        deadline = time.monotonic() + STALE_PATIENCE
-        while True:
-            seen = _files.read_last_lines(self.toprocess, count)
-            size = seen[2] if seen else 0
-            if size == expected:
-                return seen[1] if seen else []
-            if time.monotonic() > deadline:
-                raise StaleViewError(self.toprocess, f"{size} bytes instead of the {expected} recorded")
-            time.sleep(0.1)
+        seen = _files.read_last_lines(self.toprocess, count)
+        size = seen[2] if seen else 0
+        if size != expected:
+            msg = f"toprocess has {size} bytes here, {expected} recorded"
+            raise ConflictError(msg)
+        return seen[1] if seen else []
 
     def _settle(self, view: SlotView, *, status: str, taken: bool = False) -> list[Action]:
         """:returns: the actions that write what *view*'s batch did to the shared files and put back on top of the
@@ -505,7 +556,8 @@ class WorkDir:
         :param me: the calling farmer, never presumed dead (its own dead workers are recovered)
         :returns: the tasks put back
         """
-        with self.locked():
+
+        def change() -> list[Task]:
             farmers = self.read_farmers()
             returned: list[Task] = []
             for slot_path in sorted(self.running.iterdir()):
@@ -514,6 +566,8 @@ class WorkDir:
                 if name != me and self._farmer_dead(record, age) and not self._slot_files(name):
                     self._forget(record)
             return returned
+
+        return self._transaction(change)
 
     def _forget(self, record: FarmerRecord) -> None:
         workers = max(self._journal.state.workers - record.workers, 0)
@@ -539,7 +593,8 @@ class WorkDir:
 
         :returns: the tasks put back
         """
-        with self.locked():
+
+        def change() -> list[Task]:
             returned = []
             for slot_path in self._slot_files(name):
                 returned.extend(self._give_back_slot(slot_path, status=LOST, maybe_alive=True))
@@ -549,12 +604,15 @@ class WorkDir:
             self._journal.commit([Unlink(f"farmers/{name}")])
             return returned
 
+        return self._transaction(change)
+
     def requeue_failed(self, select: Callable[[int, str], bool]) -> list[int]:
         """Move the failed tasks that *select* (task ID, status) picks back to the queue, to run next.
 
         :returns: their IDs
         """
-        with self.locked():
+
+        def change() -> list[int]:
             keep: list[bytes] = []
             back: list[bytes] = []
             with self.failed.open("rb") as failed:
@@ -577,6 +635,8 @@ class WorkDir:
                 ]
             )
             return [int(line.split(b" ", 1)[0]) for line in back]
+
+        return self._transaction(change)
 
     @staticmethod
     def _farmer_dead(record: FarmerRecord, age: float) -> bool:
@@ -608,6 +668,21 @@ class WorkDir:
         """:returns: whether someone asked every farmer of this work directory to drain"""
         return self.drain_file.exists()
 
+    def mark_stale(self, message: str) -> None:
+        """Stop every farmer of this work directory, on every node: one of them saw a stale view of it."""
+        with contextlib.suppress(OSError):  # the farmer that saw it stops anyway
+            self.stale_file.write_text(f"{message}\n")
+
+    def stale_mark(self) -> str:
+        """:returns: why a farmer found this work directory stale, with what to do ("": none did)"""
+        try:
+            why = _files.read_small(self.stale_file).decode(errors="replace").strip()
+        except OSError:  # no work directory there (yet): nothing found it stale
+            return ""
+        if not why:
+            return ""
+        return f"{why} Once the filesystem is fixed, remove {self.stale_file} and run again."
+
     def counts(self) -> Counts:
         """:returns: the number of tasks in each state, with what the slot files hold and have not yet written to
         the shared files (reads the state files: O(list) bytes, no lock)
@@ -626,7 +701,7 @@ class WorkDir:
             counts.failed += done.count(_slots.FAILED)
             running = len(view.running())
             counts.running += running
-            counts.toprocess += len(view.back_to_queue()) - running
+            counts.claimed += len(view.back_to_queue()) - running
         return counts
 
 

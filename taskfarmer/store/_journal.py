@@ -10,6 +10,11 @@ The journal's first line is the state every lock holder must see (:class:`StoreS
 files after the last change, a generation number and who wrote it. The next holder reads it in the same request as
 the pending record, appends at those sizes without asking the filesystem for them, and can tell when its view of
 a file lags behind what the previous holder wrote (a filesystem whose clients cache: see ``StaleViewError``).
+
+Before writing anything, a change renames the file ``.gen-G`` to ``.gen-G+1``, G being the generation it read. The
+server does the rename or refuses it (the name is gone): a compare-and-swap no client cache can fake. A farmer
+whose view of the journal is old, which a filesystem with client caches (GlusterFS's defaults) serves even under the
+lock and to a fresh ``open``, fails it, changes nothing, and looks again once its cache has expired.
 """
 
 from __future__ import annotations
@@ -148,11 +153,12 @@ class StoreState:
     sizes: dict[str, int] = field(default_factory=dict)  # of TRACKED files; a missing one is measured
     workers: int = 0  # the workers of the registered farmers (sizes claims so the tail spreads over all)
     recoveries: int = 0  # slots taken from farmers presumed dead on another host (theirs may still run)
+    marked: bool = False  # the generation marker file exists (see Journal._advance)
 
     def to_json(self) -> bytes:
         """:returns: the journal's first line"""
         raw = {"g": self.generation, "w": self.writer, "sizes": self.sizes, "workers": self.workers}
-        raw["recoveries"] = self.recoveries
+        raw.update(recoveries=self.recoveries, marked=self.marked)
         return json.dumps(raw, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
@@ -162,7 +168,12 @@ class StoreState:
         """
         raw = json.loads(line)
         sizes = {str(name): int(size) for name, size in dict(raw["sizes"]).items()}
-        return cls(int(raw["g"]), str(raw["w"]), sizes, int(raw["workers"]), int(raw["recoveries"]))
+        marked = bool(raw.get("marked", False))
+        return cls(int(raw["g"]), str(raw["w"]), sizes, int(raw["workers"]), int(raw["recoveries"]), marked)
+
+
+class ConflictError(Exception):
+    """Another farmer changed the work directory since the view this change was computed from: nothing was done."""
 
 
 def _next_sizes(sizes: dict[str, int], actions: list[Action]) -> dict[str, int]:
@@ -194,6 +205,7 @@ class Journal:
         self._fd: int | None = None
         self._writer = os.urandom(6).hex()  # this process's mark on the generations it writes
         self.state = StoreState()
+        self.adopt_next = False  # see WorkDir._transaction: a holder died between its marker and its record
 
     def begin(self) -> str | bool:
         """Read the state the last holder left, and finish the change a dead farmer left half done.
@@ -212,6 +224,9 @@ class Journal:
             return stale
         self.state = state
         if not record.strip():
+            if self.adopt_next:
+                self.adopt_next = False
+                self.state = replace(state, generation=state.generation + 1)
             return False
         self._replay(record)
         self._measure_missing(self.state.sizes, drop=TRACKED)
@@ -241,7 +256,10 @@ class Journal:
             raise RuntimeError(msg)
         sizes = _next_sizes(self.sizes(), actions)
         generation = self.state.generation + 1
-        self.state = replace(self.state, generation=generation, writer=self._writer, sizes=sizes, **counters)
+        self._advance(generation)
+        self.state = replace(
+            self.state, generation=generation, writer=self._writer, sizes=sizes, marked=True, **counters
+        )
         record = json.dumps([_encode(a) for a in actions]).encode()
         _files.pwrite_all(self._fd, self.state.to_json() + record, 0)
         if self._sync:
@@ -249,6 +267,25 @@ class Journal:
         self._apply(actions)
         self._measure_missing(self.state.sizes)
         self._write_state()
+
+    def _advance(self, generation: int) -> None:
+        """Move the generation marker from ``generation - 1`` to *generation*, or fail if it is not there.
+
+        :raises ConflictError: when the marker is elsewhere: this farmer's view of the journal is not the latest
+        """
+        previous = self._root / f".gen-{generation - 1}"
+        if not self.state.marked:
+            # A new work directory (or one of the previous version): the first change sets the marker up.
+            for stray in self._root.glob(".gen-*"):
+                stray.unlink(missing_ok=True)
+            try:
+                os.close(os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError as exc:
+                raise ConflictError(f"generation {generation - 1} set up by another farmer") from exc
+        try:
+            previous.rename(self._root / f".gen-{generation}")
+        except FileNotFoundError as exc:
+            raise ConflictError(f"generation {generation - 1} is not the latest") from exc
 
     def _write_state(self) -> None:
         assert self._fd is not None  # noqa: S101  # begin() opened it

@@ -51,7 +51,14 @@ def test_status_while_two_farmers_run_and_one_is_killed(tmp_path: Path, capsys: 
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=LONG)
             report = _status_json(workdir, capsys)
-            assert report["tasks"] == {"total": 7, "toprocess": 2, "running": 4, "finished": 0, "failed": 1}
+            assert report["tasks"] == {
+                "total": 7,
+                "toprocess": 2,
+                "claimed": 0,
+                "running": 4,
+                "finished": 0,
+                "failed": 1,
+            }
             failed = report["failed"]
             assert isinstance(failed, list)
             assert failed[0]["status"] == "exit:4"
@@ -208,3 +215,13 @@ def test_a_farmer_that_sees_an_older_toprocess_than_recorded_stops_with_one_line
     assert "Traceback" not in second.stderr
     assert (workdir / "finished").read_bytes() == finished  # nothing ran from the stale view
     assert (workdir / "toprocess").read_bytes() == cut
+    # Every farmer of the work directory, on any node, now refuses it until the user says it is fixed.
+    refused = run_farmer(tasklist, "-n", "2", "-q")
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "Stale view" in refused.stderr
+    assert f"remove {workdir / 'stale'}" in refused.stderr
+    (workdir / "stale").unlink()
+    (workdir / ".journal").unlink()  # the cut toprocess was the user's doing here: the sizes are measured anew
+    again = run_farmer(tasklist, "-n", "2", "-q")
+    assert again.returncode == 0, again.stderr

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -89,7 +90,7 @@ def test_outcomes_reach_the_shared_files_at_the_next_claim_and_counts_include_th
     log.start(3, attempt=1, log="logs/log_3")
     assert store.finished.read_text() == ""  # still in the slot file only
     counts = store.counts()
-    assert (counts.toprocess, counts.running, counts.finished, counts.failed) == (1, 1, 1, 2)
+    assert (counts.toprocess, counts.claimed, counts.running, counts.finished, counts.failed) == (1, 0, 1, 1, 2)
     assert [r.task for r in store.running_tasks()] == [3]
     _run(log, slot, 3)
     store.exchange(log, slot, want=1)
@@ -101,7 +102,7 @@ def test_outcomes_reach_the_shared_files_at_the_next_claim_and_counts_include_th
     assert events[1]["args"]["command"] == "echo 1"
     assert events[0]["dur"] == 1_500_000
     counts = store.counts()
-    assert (counts.toprocess, counts.running, counts.finished, counts.failed) == (1, 0, 2, 2)
+    assert (counts.toprocess, counts.claimed, counts.running, counts.finished, counts.failed) == (0, 1, 0, 2, 2)
     assert tasks[0].taskid == 0
 
 
@@ -364,3 +365,30 @@ def test_a_live_local_farmer_forgotten_by_hand_only_accounts_its_batch_afterward
     store.exchange(log, slot, want=0)
     assert _ids(store.finished) == ["0"]
     assert sorted(_ids(store.toprocess)) == ["1", "2"]
+
+
+def test_a_change_from_an_old_view_is_refused_by_the_marker_and_redone_once_the_view_is_fresh(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path)
+    journal = store.path / ".journal"
+    old = journal.read_bytes()
+    _, first = _claim(store, slot)  # node A claims task 0
+    fresh = journal.read_bytes()
+    journal.write_bytes(old)  # node B's client cache still serves the journal as it was...
+    expiry = threading.Timer(0.4, journal.write_bytes, args=(fresh,))  # ... for a while
+    expiry.start()
+    node_b = WorkDir(store.path)
+    started = time.monotonic()
+    _, second = _claim(node_b, replace(slot, worker=1))
+    expiry.join()
+    assert time.monotonic() - started >= 0.4
+    assert [t.taskid for t in first] == [0]
+    assert [t.taskid for t in second] == [1]  # not task 0 again
+
+
+def test_a_farmer_killed_between_marker_and_record_does_not_block_the_next(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path)
+    generation = json.loads((store.path / ".journal").read_bytes())["g"]
+    (store.path / f".gen-{generation}").rename(store.path / f".gen-{generation + 1}")  # and then kill -9
+    _, tasks = _claim(store, slot)
+    assert [t.taskid for t in tasks] == [0]
+    assert json.loads((store.path / ".journal").read_bytes())["g"] == generation + 2
