@@ -141,6 +141,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--retries", type=_count, default=0, help="run a failed task again up to N times (default: 0)")
     policy.add_argument("--max-failures", type=_positive_int, help="stop the farmer after this many failed tasks")
     policy.add_argument(
+        "--max-lost",
+        type=_positive_int,
+        default=3,
+        help="a task running in this many farmers (or workers) that died fails as lost:K instead of running again"
+        " (default: 3)",
+    )
+    policy.add_argument(
         "--gpus", type=_gpu_list, help="GPU ids shared round robin by the workers (0,1,2,3), or auto (detect)"
     )
     batch = parser.add_argument_group("batch allocations")

@@ -43,6 +43,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
     check_tasklist_has_tasks(args.tasklist)
     workdir = args.workdir or Path(f"{args.tasklist}_workdir")
     store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
+    store.max_lost = args.max_lost
     if why := store.stale_mark():
         raise WorkDirError(why)
     if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none

@@ -224,12 +224,14 @@ class Worker:
 
         :returns: ``False`` when it was stopped (it goes back to the queue)
         """
+        failures = 0  # of this task here: an attempt stopped or lost elsewhere does not use up --retries
         while True:
             self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
             outcome = self._execute(task)
             if outcome is None:
                 return False
-            retry = self._should_retry(outcome)
+            failures += not outcome.succeeded
+            retry = not outcome.succeeded and failures <= self.spec.policy.retries
             if not (outcome.succeeded or retry):
                 self._flags.add_failure(self.spec.worker)
             _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
@@ -242,9 +244,6 @@ class Worker:
     def report_error(self, message: str) -> None:
         """Tell the farmer why this worker cannot go on (it stops the farm and says so)."""
         self._send("error", -1, message)
-
-    def _should_retry(self, outcome: Outcome) -> bool:
-        return not outcome.succeeded and outcome.attempt <= self.spec.policy.retries
 
     def _send(self, kind: str, taskid: int, detail: str) -> None:
         with contextlib.suppress(OSError):  # the farmer is gone: stopping() notices it

@@ -85,6 +85,7 @@ __all__ = [
 
 _LOGGER: Final = logging.getLogger(__name__)
 LOCK_TIMEOUT: Final = 600.0
+DEFAULT_MAX_LOST: Final = 3
 STALE_PATIENCE: Final = 5.0  # seconds a farmer waits for its view of the work directory to catch up
 _COUNT_BLOCK: Final = 256 * 1024
 _LOCK_INSIDE: Final = "the work directory"  # what .lockfile says for the default lock, whatever the mount path
@@ -143,6 +144,7 @@ class WorkDir:
         self._lock = DescriptorLock(self.lock_path)
         self._lock_agreed = False
         self.lock_seconds = 0.0  # how long the last lock hold took, waiting included (batches grow with it)
+        self.max_lost = DEFAULT_MAX_LOST  # deaths of farmers running a task after which it fails as lost:K
         self.queue_left = 0  # about how many tasks the queue held after the last claim
         self.farm_workers = 1  # the workers of every registered farmer, at the last claim
         self._pending: list[Action] = []
@@ -437,8 +439,8 @@ class WorkDir:
         self._claimed_from = self._journal.sizes()[self.toprocess.name] - sum(len(line) + 1 for line in top)
         tasks = []
         for line in reversed(top):  # the stack's top is its last line: it runs first
-            taskid, attempt, command = parse_stack_entry(line)
-            tasks.append(Task(taskid, command, attempt))
+            taskid, attempt, lost, command = parse_stack_entry(line)
+            tasks.append(Task(taskid, command, attempt, lost))
         return tasks
 
     def _read_top(self, count: int) -> list[bytes]:
@@ -453,9 +455,10 @@ class WorkDir:
             raise ConflictError(msg)
         return seen[1] if seen else []
 
-    def _settle(self, view: SlotView, *, status: str, taken: bool = False) -> list[Action]:
+    def _settle(self, view: SlotView, *, status: str, taken: bool = False, died: bool = False) -> list[Action]:
         """:returns: the actions that write what *view*'s batch did to the shared files and put back on top of the
-        queue what it did not do; *status* accounts the attempts cut short; *taken*: account only
+        queue what it did not do; *status* accounts the attempts cut short; *taken*: account only; *died*: the
+        batch's farmer died, which counts against the task it was running (see ``max_lost``)
         """
         sizes = self._journal.sizes()
         lines: dict[str, bytes] = {self.finished.name: b"", self.failed.name: b"", self.accounting.name: b""}
@@ -472,8 +475,14 @@ class WorkDir:
                 account, event = interrupted(identity, task, started, status=status)
                 lines[self.accounting.name] += account
                 events.append(event)
-            if not taken:
-                back = _slots.requeue_entry(task, started) + back  # the first of the batch ends up on top
+            if taken:
+                continue
+            if died and started is not None and task.lost + 1 >= self.max_lost:
+                # It was running each time its holder died: it may be what kills them. Give up on it.
+                _LOGGER.warning("task %d was running in %d farmers that died: failed", task.taskid, task.lost + 1)
+                lines[self.failed.name] += b"%d lost:%d %s\n" % (task.taskid, task.lost + 1, task.command.encode())
+                continue
+            back = _slots.requeue_entry(task, started, died=died) + back  # the first of the batch ends up on top
         actions: list[Action] = [WriteAt(name, sizes[name], data) for name, data in lines.items() if data]
         if events:
             actions.append(self._timeline_write(events))
@@ -481,11 +490,14 @@ class WorkDir:
             actions.append(WriteAt(self.toprocess.name, sizes[self.toprocess.name], back))
         return actions
 
-    def _give_back_slot(self, path: Path, *, status: str, maybe_alive: bool = False) -> list[Task]:
+    def _give_back_slot(
+        self, path: Path, *, status: str, maybe_alive: bool = False, farmer_died: bool = False
+    ) -> list[Task]:
         """Settle the slot file at *path* of a worker that is gone, and remove it (under the lock).
 
         :param maybe_alive: the worker may still run (a farmer forgotten by hand): it must learn that its slot
             was taken, as a worker on another host presumed dead does
+        :param farmer_died: the worker's whole farmer is gone (not just the worker): its running task counts it
         :returns: the tasks put back in the queue
         """
         view = _slots.read(path)
@@ -495,8 +507,13 @@ class WorkDir:
             return []
         taken = maybe_alive or not view.holder.is_local()  # a lease expired: the holder may only be late
         recoveries = self._journal.state.recoveries + taken
-        self._journal.commit([*self._settle(view, status=status), Unlink(relative)], recoveries=recoveries)
-        returned = [task for task, _ in view.back_to_queue()]
+        settled = self._settle(view, status=status, died=farmer_died)
+        self._journal.commit([*settled, Unlink(relative)], recoveries=recoveries)
+        returned = [
+            task
+            for task, started in view.back_to_queue()
+            if started is None or not farmer_died or task.lost + 1 < self.max_lost
+        ]
         for task in returned:
             _LOGGER.warning("task %d was held by %s, which is gone: back in the queue", task.taskid, view.farmer)
         return returned
@@ -586,7 +603,8 @@ class WorkDir:
             return []
         if view is None and farmer is not None and not self._farmer_dead(*farmer):
             return []  # an idle slot of a live farmer
-        return self._give_back_slot(slot_path, status=LOST)
+        farmer_died = farmer_name != me and (farmer is None or self._farmer_dead(*farmer))
+        return self._give_back_slot(slot_path, status=LOST, farmer_died=farmer_died)
 
     def forget_farmer(self, name: str) -> list[Task]:
         """Put back the tasks of farmer *name*, alive or not (for a node known lost before its lease expires).
@@ -597,7 +615,7 @@ class WorkDir:
         def change() -> list[Task]:
             returned = []
             for slot_path in self._slot_files(name):
-                returned.extend(self._give_back_slot(slot_path, status=LOST, maybe_alive=True))
+                returned.extend(self._give_back_slot(slot_path, status=LOST, maybe_alive=True, farmer_died=True))
             record = self.read_farmers().get(name)
             if record is not None:
                 self._forget(record[0])

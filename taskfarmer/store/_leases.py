@@ -165,15 +165,20 @@ class SlotRecord:
         return stack_entry(self.task, self.command, self.attempt + 1)
 
 
-def stack_entry(taskid: int, command: str, attempt: int) -> bytes:
-    """:returns: a ``toprocess`` line: ``ID COMMAND``, or ``ID@ATTEMPT COMMAND`` for a task that runs again"""
+def stack_entry(taskid: int, command: str, attempt: int, lost: int = 0) -> bytes:
+    """:returns: a ``toprocess`` line: ``ID COMMAND``; ``ID@ATTEMPT COMMAND`` for a task that runs again;
+    ``ID@ATTEMPT:LOST COMMAND`` when *lost* farmers (or workers) died while running it
+    """
+    if lost:
+        return b"%d@%d:%d %s\n" % (taskid, attempt, lost, command.encode())
     if attempt <= 1:
         return b"%d %s\n" % (taskid, command.encode())
     return b"%d@%d %s\n" % (taskid, attempt, command.encode())
 
 
-def parse_stack_entry(line: bytes) -> tuple[int, int, str]:
-    """:returns: ``(task ID, attempt, command)`` of a ``toprocess`` line (without its newline)"""
+def parse_stack_entry(line: bytes) -> tuple[int, int, int, str]:
+    """:returns: ``(task ID, attempt, lost, command)`` of a ``toprocess`` line (without its newline)"""
     head, _, command = line.decode().partition(" ")
-    taskid, _, attempt = head.partition("@")
-    return int(taskid), int(attempt or 1), command
+    taskid, _, attempt_lost = head.partition("@")
+    attempt, _, lost = attempt_lost.partition(":")
+    return int(taskid), int(attempt or 1), int(lost or 0), command

@@ -44,6 +44,7 @@ class Task:
     taskid: int
     command: str
     attempt: int = 1
+    lost: int = 0  # farmers (or workers) that died while running it: a task that kills them is given up on
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class SlotView:
 def claim_line(*, slot: SlotRecord, tasks: list[Task]) -> bytes:
     """:returns: the first line of a slot file that holds *tasks*"""
     record = {
-        "tasks": [[t.taskid, t.attempt, t.command] for t in tasks],
+        "tasks": [[t.taskid, t.attempt, t.command, t.lost] for t in tasks],
         "farmer": slot.farmer,
         "worker": slot.worker,
         "holder": slot.holder.__dict__,
@@ -166,7 +167,7 @@ def parse(data: bytes) -> SlotView | None:
         worker=int(head["worker"]),
         holder=_holder(head["holder"]),
         claimed=float(head["claimed"]),
-        tasks=[Task(int(i), str(c), int(a)) for i, a, c in head["tasks"]],
+        tasks=[Task(int(t[0]), str(t[2]), int(t[1]), int(t[3]) if len(t) > 3 else 0) for t in head["tasks"]],
     )
     for line in lines[1:]:
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -205,10 +206,12 @@ def read(path: Path) -> SlotView | None:
         return None
 
 
-def requeue_entry(task: Task, started: Started | None) -> bytes:
-    """:returns: the ``toprocess`` line of a task given back: its next attempt if it had started"""
+def requeue_entry(task: Task, started: Started | None, *, died: bool) -> bytes:
+    """:returns: the ``toprocess`` line of a task given back: its next attempt if it had started, counting the
+    death of its holder (*died*) if it was running then
+    """
     attempt = started.attempt + 1 if started is not None else task.attempt
-    return stack_entry(task.taskid, task.command, attempt)
+    return stack_entry(task.taskid, task.command, attempt, task.lost + (died and started is not None))
 
 
 class SlotLog:

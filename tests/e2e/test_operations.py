@@ -225,3 +225,23 @@ def test_a_farmer_that_sees_an_older_toprocess_than_recorded_stops_with_one_line
     (workdir / ".journal").unlink()  # the cut toprocess was the user's doing here: the sizes are measured anew
     again = run_farmer(tasklist, "-n", "2", "-q")
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_task_that_kills_its_farmer_every_time_ends_as_lost_and_the_rest_finishes(tmp_path: Path) -> None:
+    farmer_group = "$(ps -o pgid= -p $(echo $TASKFARMER_FARMER | awk -F. '{print $(NF-1)}') | tr -d ' ')"
+    poison = f"sleep 0.2; kill -9 -- -{farmer_group}"  # as a task that makes its node crash would
+    tasks = [f"echo {i} >> {tmp_path / 'done'}" for i in range(8)]
+    tasks[3] = poison
+    tasklist = write_tasklist(tmp_path / "t.txt", tasks)
+    statuses = []
+    for _ in range(4):
+        farmer = start_farmer(tasklist, "-n", "1", "-q")  # a session of its own: the poison kills its group only
+        with cleanup(farmer):
+            statuses.append(farmer.wait(timeout=LONG))
+    assert statuses == [-9, -9, -9, 1]
+    workdir = tmp_path / "t.txt_workdir"
+    assert lines(workdir / "failed") == [f"3 lost:3 {poison}"]
+    assert sorted(ids(workdir / "finished")) == [0, 1, 2, 4, 5, 6, 7]
+    statuses_in_accounting = [line.split("\t")[2] for line in lines(workdir / "accounting.tsv")[1:]]
+    assert statuses_in_accounting.count("lost") == 3

@@ -149,7 +149,7 @@ def test_a_dead_local_workers_batch_is_settled_what_ended_is_kept_the_rest_comes
     _, live = _claim(store, slot)
     returned = store.recover_dead(me=farmer.name)
     assert [t.taskid for t in returned] == [1, 2]
-    assert store.toprocess.read_text().splitlines()[-2:] == ["2 echo 2", "1@2 echo 1"]
+    assert store.toprocess.read_text().splitlines()[-2:] == ["2 echo 2", "1@2 echo 1"]  # its farmer lives on
     assert _ids(store.finished) == ["0"]
     rows = [line.split("\t")[:3] for line in store.accounting.read_text().splitlines()[1:]]
     assert rows == [["0", "1", "ok"], ["1", "1", "lost"]]
@@ -165,7 +165,7 @@ def test_a_slot_file_of_the_previous_version_is_recovered(tmp_path: Path) -> Non
     legacy = replace(dead, task=4, command="echo 4", started=time.time())
     store.slot_path(farmer.name, 1).write_bytes(legacy.to_json())
     assert [t.taskid for t in store.recover_dead(me=farmer.name)] == [4]
-    assert store.toprocess.read_text().splitlines()[-1] == "4@2 echo 4"
+    assert store.toprocess.read_text().splitlines()[-1] == "4@2 echo 4"  # its farmer lives: not counted as lost
 
 
 def test_a_reused_pid_does_not_keep_a_dead_holder_alive(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_a_batch_given_back_while_it_ran_is_only_accounted_when_it_ends(tmp_path
     _run(log, remote, 0)
     store.exchange(log, remote, want=0)
     assert store.finished.read_text() == ""
-    assert _ids(store.toprocess) == ["1", "0@2"]
+    assert _ids(store.toprocess) == ["1", "0@2:1"]
     statuses = [line.split("\t")[2] for line in store.accounting.read_text().splitlines()[1:]]
     assert statuses == ["lost", "ok"]  # the attempt as the recovery saw it, then as it really ended
     assert farmer.name != remote.farmer
@@ -392,3 +392,42 @@ def test_a_farmer_killed_between_marker_and_record_does_not_block_the_next(tmp_p
     _, tasks = _claim(store, slot)
     assert [t.taskid for t in tasks] == [0]
     assert json.loads((store.path / ".journal").read_bytes())["g"] == generation + 2
+
+
+def test_a_task_running_each_time_its_farmer_dies_fails_as_lost_after_max_lost(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path, count=2)
+    for deaths in (1, 2, 3):
+        gone = FarmerRecord.new(workers=1, lease=60)
+        gone = replace(gone, holder=replace(gone.holder, pid=_dead_pid()), name=f"{gone.name}{deaths}")
+        store.register(gone)
+        dead = replace(slot, farmer=gone.name, holder=gone.holder)
+        log, tasks = _claim(store, dead, want=2)
+        assert tasks[0].taskid == 0
+        log.start(0, attempt=tasks[0].attempt, log="")  # task 0 runs; task 1, claimed with it, never starts
+        log.close()
+        store.recover_dead(me=farmer.name)
+        if deaths < 3:
+            assert store.toprocess.read_text().splitlines()[-1] == f"0@{deaths + 1}:{deaths} echo 0"
+    assert store.failed.read_text() == "0 lost:3 echo 0\n"
+    assert _ids(store.toprocess) == ["1"]  # never running when a farmer died: no count against it
+
+
+def test_a_worker_dying_alone_does_not_count_against_its_task(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path, count=1)
+    for worker in (1, 2, 3, 4):
+        dead = replace(slot, worker=worker, holder=replace(slot.holder, pid=_dead_pid()))
+        log, _ = _claim(store, dead)
+        log.start(0, attempt=worker, log="")
+        log.close()
+        store.recover_dead(me=farmer.name)  # its farmer lives on, and stops after a few such deaths itself
+    assert store.toprocess.read_text() == "0@5 echo 0\n"
+
+
+def test_stops_do_not_count_as_deaths(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path, count=1)
+    for attempt in (1, 2, 3, 4):
+        log, tasks = _claim(store, slot)
+        assert tasks == [Task(0, "echo 0", attempt)]
+        log.start(0, attempt=attempt, log="")
+        store.exchange(log, slot, want=0)  # a stop: the task goes back
+    assert store.failed.read_text() == ""
