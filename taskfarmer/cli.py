@@ -141,6 +141,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     policy.add_argument("--retries", type=_count, default=0, help="run a failed task again up to N times (default: 0)")
     policy.add_argument("--max-failures", type=_positive_int, help="stop the farmer after this many failed tasks")
     policy.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="record as finished (skipped:outputs), without running it, a task whose declared outputs all exist",
+    )
+    policy.add_argument(
         "--max-lost",
         type=_positive_int,
         default=3,

@@ -15,13 +15,16 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer import process
 from taskfarmer.errors import WorkDirError
 from taskfarmer.logs import FILES
+from taskfarmer.packing import ResourcePool
 from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
 from taskfarmer.worker import (
     EXIT_DONE,
@@ -38,7 +41,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
-    from pathlib import Path
     from types import FrameType
 
     from taskfarmer.config import Definition
@@ -80,6 +82,7 @@ class FarmerOptions:
     gpus: tuple[str, ...] = ()
     log_mode: str = FILES
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
+    skip_existing: bool = False  # tasks whose declared outputs all exist are recorded as finished, not run
 
 
 @dataclass
@@ -95,6 +98,7 @@ class FarmerResult:
     returned: list[int] = field(default_factory=list)  # this farmer's running tasks it gave back when stopping
     recovered: list[int] = field(default_factory=list)  # tasks of dead farmers it put back in the queue
     error: str = ""  # why the work directory could not be used (StopReason.STORE)
+    unfit: int = 0  # tasks left on top of the queue that need more cores, GPUs or time than this farmer has
 
 
 class Farmer:
@@ -119,6 +123,15 @@ class Farmer:
         self._listener = listener
         self._context = multiprocessing.get_context("spawn")
         self._flags = FarmFlags(self._context, workers=options.processes)
+        self._slots_lock = Path(tempfile.gettempdir()) / f"taskfarmer-{self.record.name}.slots"
+        self._pool = ResourcePool(
+            self._context,
+            slots=options.processes,
+            gpus=options.gpus,
+            workers=options.processes,
+            lock=self._slots_lock,
+        )
+        self._unfit = 0  # what the last workers to claim found they could not run
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -204,6 +217,10 @@ class Farmer:
             self.result.out_of_time = True
             return False
         self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        if self._unfit:
+            # The tasks left need more than this farmer has: they are for bigger farmers (or --proc, --gpus).
+            self.result.unfit = self._unfit
+            return False
         if self.store.toprocess.stat().st_size > 0:
             for slot in range(self.options.processes):
                 self._start_worker(slot)
@@ -259,6 +276,8 @@ class Farmer:
             self.result.retried += 1
         elif event[0] == "returned":
             self.result.returned.append(event[2])
+        elif event[0] == "unfit":
+            self._unfit = max(self._unfit, int(event[3]))
         elif event[0] == "error":
             self._store_failed(event[3])
 
@@ -280,10 +299,11 @@ class Farmer:
             log_mode=self.options.log_mode,
             max_failures=self.options.max_failures,
             claim_until=self.options.claim_until,
+            skip_existing=self.options.skip_existing,
             grace=self.options.grace,
         )
         receiver, sender = self._context.Pipe(duplex=False)
-        args = (spec, self._flags, sender)
+        args = (spec, self._flags, self._pool, sender)
         worker = self._context.Process(target=worker_main, args=args, name=f"worker-{slot}")
         worker.start()
         sender.close()  # the worker holds the only sending end: EOF tells us it is gone
@@ -305,6 +325,7 @@ class Farmer:
     def _replace_dead_worker(self, slot: int, exitcode: int | None) -> None:
         _LOGGER.warning("worker %d died (exit status %s): its task goes back to the queue", slot, exitcode)
         process.kill_marked(SLOT_VARIABLE, f"{self.record.name}.{slot}", grace=self.options.grace)
+        self._pool.release(slot)
         self._cleanup_runner()
         self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         now = time.monotonic()
@@ -349,6 +370,7 @@ class Farmer:
             self.store.unregister(self.record)
         except WorkDirError as exc:
             self._store_failed(str(exc))  # the next farmer that sees the work directory right recovers them
+        self._slots_lock.unlink(missing_ok=True)
 
 
 def gpu_environment(gpus: tuple[str, ...], slot: int) -> tuple[tuple[str, str], ...]:

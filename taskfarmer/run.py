@@ -63,6 +63,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
         max_failures=args.max_failures,
         gpus=_gpus(args.gpus),
         log_mode=args.logs,
+        skip_existing=args.skip_existing,
         claim_until=allocation.claim_deadline(
             task_duration=args.task_duration,
             end_time=allocation.parse_end_time(args.end_time) if args.end_time else None,
@@ -120,6 +121,12 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
         return EXIT_STOPPED
     if result.stopped is not None:
         return _stopped(store, result, result.stopped)
+    if result.unfit:
+        sys.stderr.write(
+            f"pytaskfarmer: the next {result.unfit} tasks need more cores, GPUs or time than this farmer has"
+            " (--proc, --gpus, the allocation's end): they are left for a farmer that has them.\n"
+        )
+        return EXIT_STOPPED
     if counts.failed:
         sys.stderr.write(f"pytaskfarmer: {counts.failed} tasks failed: see {store.failed}\n")
         return EXIT_FAILED_TASKS

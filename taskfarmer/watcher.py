@@ -58,13 +58,21 @@ class TaskWatcher:
         self._running = threading.Event()
         self._terminating = False
         self._killed_for: str | None = None
+        self._task_runner = runner
+        self._task_memory = memory
         self._deadline = 0.0
         self._peak_rss = 0
         threading.Thread(target=self._watch, name="watcher", daemon=True).start()
 
-    def task_started(self) -> None:
-        """Start watching a task that is about to start."""
+    def task_started(self, *, runner: Runner | None = None, memory: int | None = None) -> None:
+        """Start watching a task that is about to start.
+
+        :param runner: the runner it runs in, when not the worker's own (a ``runner=`` directive)
+        :param memory: its own memory limit (a ``memory=`` directive), instead of the farm's
+        """
         with self._condition:
+            self._task_runner = runner or self._runner
+            self._task_memory = memory if memory is not None else self._memory
             self._killed_for = None
             self._peak_rss = 0
             self._deadline = time.monotonic() + self._timeout if self._timeout else 0.0
@@ -96,7 +104,7 @@ class TaskWatcher:
             return STOP
         if self._deadline and time.monotonic() > self._deadline:
             return TIMEOUT
-        if self._memory is not None and self._sample_memory() > self._memory:
+        if self._task_memory is not None and self._sample_memory() > self._task_memory:
             return MEMORY
         return None
 
@@ -112,7 +120,7 @@ class TaskWatcher:
     def _kill(self, reason: str) -> None:
         killed: bool | None = None  # a runner whose terminate() raises is taken to have killed the task
         try:
-            killed = self._runner.terminate()
+            killed = self._task_runner.terminate()
         except Exception:  # a user's runner failing must not end the watching of every later task
             _LOGGER.exception("the runner's terminate() failed")
         finally:

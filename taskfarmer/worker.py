@@ -24,9 +24,11 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from taskfarmer import config, process
 from taskfarmer.batching import BatchSizer
-from taskfarmer.errors import WorkDirError
+from taskfarmer.directives import split
+from taskfarmer.errors import TaskFarmerError, WorkDirError
 from taskfarmer.logs import FILES, TaskLog, TaskLogs
-from taskfarmer.store import Holder, Outcome, SlotLog, SlotRecord, Task, WorkDir, ended
+from taskfarmer.plan import MISSING, Planner, TaskPlan, bound, missing_outputs
+from taskfarmer.store import SKIPPED, Holder, Outcome, SlotLog, SlotRecord, Task, WorkDir, ended
 from taskfarmer.watcher import STOP, TaskWatcher
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
     from taskfarmer.config import Definition
+    from taskfarmer.packing import Allocation, ResourcePool
 
 _LOGGER: Final = logging.getLogger(__name__)
 EXIT_DONE: Final = 0  # no task left
@@ -76,6 +79,7 @@ class WorkerSpec:
     max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
     grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
+    skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
 
 
 class FarmFlags:
@@ -119,14 +123,14 @@ class FarmFlags:
         return sum(self._cells[self._COUNTERS :])
 
 
-def worker_main(spec: WorkerSpec, flags: FarmFlags, events: Connection) -> None:
+def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
-    worker = Worker(spec, flags=flags, events=events)
+    worker = Worker(spec, flags=flags, pool=pool, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     try:
         code = worker.run()
@@ -140,13 +144,15 @@ def worker_main(spec: WorkerSpec, flags: FarmFlags, events: Connection) -> None:
 class Worker:
     """The claim -> run -> record loop of one worker slot."""
 
-    def __init__(self, spec: WorkerSpec, *, flags: FarmFlags, events: Connection) -> None:
+    def __init__(self, spec: WorkerSpec, *, flags: FarmFlags, pool: ResourcePool, events: Connection) -> None:
         self.spec = spec
         self._flags = flags
+        self._pool = pool
         self._events = events
         self._local_stop = threading.Event()
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
         self.runner, self.variables = config.build_runner(spec.runner)
+        self._planner = Planner((self.runner, self.variables), default_name=spec.runner.name)
         self.handler = config.build_tasklist(spec.handler)
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
         self._slot_log = SlotLog(self.store.slot_path(spec.farmer, spec.worker))
@@ -157,7 +163,6 @@ class Worker:
         )
         stream_name = f"stream.{spec.farmer}.{spec.worker}"
         self.logs = TaskLogs(self.store.logs.resolve(), mode=spec.log_mode, stream_name=stream_name)
-        os.environ.update(self.variables)
         os.environ.update(dict(spec.environment))
         os.environ.update(
             {
@@ -185,7 +190,7 @@ class Worker:
         return not (self.stopping() or self._flags.draining or too_many or too_late)
 
     def run(self) -> int:
-        """Work until no task is left, a stop, or a drain.
+        """Work until no task is left (that it can run), a stop, or a drain.
 
         :returns: the worker's exit status
         """
@@ -199,6 +204,8 @@ class Worker:
                     return self._give_back(returned=task)
                 self._sizer.ran(time.monotonic() - started)
             tasks = self._claim()
+        if self.store.unfit:
+            self._send("unfit", -1, str(self.store.unfit))
         return EXIT_DONE if self._may_start() else EXIT_STOPPED
 
     def _claim(self) -> list[Task]:
@@ -210,7 +217,21 @@ class Worker:
                 queue_left=self.store.queue_left,
                 workers=self.store.farm_workers,
             )
-        return self.store.exchange(self._slot_log, self.slot, want=want, tasklist=Path(self.spec.tasklist))
+        tasklist = Path(self.spec.tasklist)
+        return self.store.exchange(self._slot_log, self.slot, want=want, tasklist=tasklist, fits=self._fits)
+
+    def _fits(self, command: str) -> bool:
+        """:returns: whether this farmer can run the task of *command* (cores, GPUs, time left); one that cannot
+        stays in the queue for farmers that can
+        """
+        try:
+            _, directive = split(command)
+        except TaskFarmerError:
+            return True  # claimed, it fails with a clear status
+        if not self._pool.fits(cores=directive.cores, gpus=directive.gpus):
+            return False
+        until = self.spec.claim_until
+        return until is None or directive.duration is None or time.time() + directive.duration <= until
 
     def _give_back(self, *, returned: Task | None = None) -> int:
         self.store.exchange(self._slot_log, self.slot, want=0)
@@ -220,26 +241,62 @@ class Worker:
         return EXIT_STOPPED
 
     def _run_task(self, task: Task) -> bool:
-        """Run *task*, again at once while it fails and has retries left.
+        """Run *task* on the cores and GPUs it needs, again at once while it fails and has retries left.
 
         :returns: ``False`` when it was stopped (it goes back to the queue)
         """
+        try:
+            plan = self._planner.plan(task)
+        except TaskFarmerError as exc:
+            self._record_unrun(task, reason="invalid:directive", message=str(exc))
+            return True
+        if self.spec.skip_existing and plan.outputs and not missing_outputs(plan.outputs):
+            self._record_unrun(task, reason=SKIPPED, message="")
+            return True
+        needs = plan.directive
+        allocation = self._pool.acquire(
+            self.spec.worker, cores=needs.cores, gpus=needs.gpus, stopping=lambda: not self._may_start()
+        )
+        if allocation is None:
+            return False
+        try:
+            return self._attempts(task, plan, allocation)
+        finally:
+            self._pool.release(self.spec.worker)
+
+    def _attempts(self, task: Task, plan: TaskPlan, allocation: Allocation) -> bool:
         failures = 0  # of this task here: an attempt stopped or lost elsewhere does not use up --retries
         while True:
             self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
-            outcome = self._execute(task)
+            outcome = self._execute(task, plan, allocation)
             if outcome is None:
                 return False
             failures += not outcome.succeeded
             retry = not outcome.succeeded and failures <= self.spec.policy.retries
-            if not (outcome.succeeded or retry):
-                self._flags.add_failure(self.spec.worker)
-            _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
-            self._slot_log.end(ended(self.slot, self._index, task, outcome, retry=retry))
-            self._send("retry" if retry else "end", task.taskid, "ok" if outcome.succeeded else outcome.status)
+            self._record(task, outcome, retry=retry)
             if not retry:
                 return True
             task = replace(task, attempt=outcome.attempt + 1)
+
+    def _record(self, task: Task, outcome: Outcome, *, retry: bool) -> None:
+        if not (outcome.succeeded or retry):
+            self._flags.add_failure(self.spec.worker)
+        _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
+        self._slot_log.end(ended(self.slot, self._index, task, outcome, retry=retry))
+        self._send("retry" if retry else "end", task.taskid, "ok" if outcome.succeeded else outcome.status)
+
+    def _record_unrun(self, task: Task, *, reason: str, message: str) -> None:
+        """Record a task that is not run: its directive is wrong, or its outputs exist already."""
+        self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
+        log = ""
+        if message:
+            opened = self.logs.open(task.taskid, task.attempt)
+            with opened.handle:
+                opened.handle.write(f"pytaskfarmer: not run: {message}\n")
+            log = opened.location()
+        now = time.time()
+        outcome = Outcome(0 if reason == SKIPPED else 2, now, now, attempt=task.attempt, log=log, reason=reason)
+        self._record(task, outcome, retry=False)
 
     def report_error(self, message: str) -> None:
         """Tell the farmer why this worker cannot go on (it stops the farm and says so)."""
@@ -249,7 +306,7 @@ class Worker:
         with contextlib.suppress(OSError):  # the farmer is gone: stopping() notices it
             self._events.send((kind, self.spec.worker, taskid, detail))
 
-    def _execute(self, task: Task) -> Outcome | None:
+    def _execute(self, task: Task, plan: TaskPlan, allocation: Allocation) -> Outcome | None:
         """Run one task.
 
         :returns: its outcome, or ``None`` when it was killed because of a stop
@@ -263,10 +320,11 @@ class Worker:
         self._send("start", task.taskid, task.command)
         _LOGGER.info("task %d started (attempt %d): %s", task.taskid, log.attempt, task.command)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.watcher.task_started()
+        memory = plan.directive.memory if plan.directive.memory is not None else self.spec.policy.memory
+        self.watcher.task_started(runner=plan.runner, memory=memory)
         started = time.time()
-        with log.handle:
-            returncode, reason = self._run_runner(task, log.handle)
+        with log.handle, bound(plan, allocation):
+            returncode, reason = self._run_runner(task, plan, log.handle)
         ended = time.time()
         verdict = self.watcher.task_ended()
         # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
@@ -274,6 +332,8 @@ class Worker:
         if verdict.killed_for == STOP or self._stopped_meanwhile(returncode):
             return None
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if returncode == 0 and not (verdict.killed_for or reason) and missing_outputs(plan.outputs):
+            reason = MISSING
         return Outcome(
             returncode,
             started,
@@ -281,7 +341,7 @@ class Worker:
             attempt=log.attempt,
             log=log.location(),
             reason=verdict.killed_for or reason,
-            peak_rss_kb=max(verdict.peak_rss_kb, self._peak_rss_kb(before, after)),
+            peak_rss_kb=max(verdict.peak_rss_kb, self._peak_rss_kb(plan.runner, before, after)),
             cpu_user=after.ru_utime - before.ru_utime,
             cpu_system=after.ru_stime - before.ru_stime,
         )
@@ -302,17 +362,18 @@ class Worker:
             time.sleep(0.02)
         return False
 
-    def _peak_rss_kb(self, before: resource.struct_rusage, after: resource.struct_rusage) -> int:
+    @staticmethod
+    def _peak_rss_kb(runner: object, before: resource.struct_rusage, after: resource.struct_rusage) -> int:
         # The kernel's figure for the task's largest process; RUSAGE_CHILDREN only shows it when it beat the past.
-        usage = getattr(self.runner, "last_usage", None)
+        usage = getattr(runner, "last_usage", None)
         if usage is not None:
             return int(usage.ru_maxrss)
         return int(after.ru_maxrss) if after.ru_maxrss > before.ru_maxrss else 0
 
-    def _run_runner(self, task: Task, logfh: IO[str]) -> tuple[int, str]:
+    def _run_runner(self, task: Task, plan: TaskPlan, logfh: IO[str]) -> tuple[int, str]:
         try:
-            command = self.handler.command(task.command, taskid=task.taskid)
-            returncode = self.runner.run(task.taskid, command, logfh)
+            command = self.handler.command(plan.line, taskid=task.taskid)
+            returncode = plan.runner.run(task.taskid, command, logfh)
         except Exception:  # noqa: BLE001  # a user's runner or handler failing fails its task, not the farm
             logfh.write(f"pytaskfarmer: the runner failed:\n{traceback.format_exc()}")
             return 1, "error:runner"

@@ -52,6 +52,7 @@ from taskfarmer.store._records import (
     ACCOUNTING_HEADER,
     EMPTY_TIMELINE,
     LOST,
+    SKIPPED,
     STOPPED,
     Outcome,
     ended,
@@ -69,6 +70,7 @@ __all__ = [
     "ACCOUNTING_COLUMNS",
     "ACCOUNTING_HEADER",
     "MAX_TASK_BYTES",
+    "SKIPPED",
     "FarmerRecord",
     "Holder",
     "IngestResult",
@@ -87,6 +89,7 @@ _LOGGER: Final = logging.getLogger(__name__)
 LOCK_TIMEOUT: Final = 600.0
 DEFAULT_MAX_LOST: Final = 3
 STALE_PATIENCE: Final = 5.0  # seconds a farmer waits for its view of the work directory to catch up
+_UNFIT_WINDOW: Final = 64  # lines a claim looks past the tasks this farmer cannot run
 _COUNT_BLOCK: Final = 256 * 1024
 _LOCK_INSIDE: Final = "the work directory"  # what .lockfile says for the default lock, whatever the mount path
 
@@ -148,7 +151,7 @@ class WorkDir:
         self.queue_left = 0  # about how many tasks the queue held after the last claim
         self.farm_workers = 1  # the workers of every registered farmer, at the last claim
         self._pending: list[Action] = []
-        self._claimed_from = 0
+        self.unfit = 0  # tasks on top of the queue this farmer could not run, at the last claim of none
         self._journal = Journal(path, sync=_files.filesystem_type(path.parent) in _files.NETWORK_FILESYSTEMS)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
@@ -382,7 +385,15 @@ class WorkDir:
         """:returns: the file that records what worker *worker* of a farmer runs"""
         return self.running / f"{farmer_name}.{worker}"
 
-    def exchange(self, log: SlotLog, slot: SlotRecord, *, want: int, tasklist: Path | None = None) -> list[Task]:
+    def exchange(
+        self,
+        log: SlotLog,
+        slot: SlotRecord,
+        *,
+        want: int,
+        tasklist: Path | None = None,
+        fits: Callable[[str], bool] | None = None,
+    ) -> list[Task]:
         """Settle *slot*'s batch and claim the next one, in one lock hold.
 
         The outcomes the worker appended to its slot file go to ``finished``, ``failed``, ``accounting.tsv`` and
@@ -392,20 +403,16 @@ class WorkDir:
         :param log: the worker's slot file, holding the new batch afterwards
         :param want: how many tasks to claim (0: claim none, the slot becomes idle)
         :param tasklist: when given and the queue is empty, look for lines appended to it
+        :param fits: whether this farmer can run a task (its command); those it cannot stay on top of the queue
+            for others (``self.unfit`` counts them when nothing was claimed)
         :returns: the tasks claimed, in the order to run them (none left: empty)
         """
 
         def change() -> list[Task]:
             self._pending = self._settle(log.view(slot), status=STOPPED, taken=self._taken_away(log))
-            tasks = self._take(want, tasklist, slot, log) if want else []
+            tasks, queue = self._take(want, tasklist, slot, log, fits) if want else ([], [])
             line = _slots.claim_line(slot=slot, tasks=tasks) if tasks else b""
-            if tasks:
-                actions = [*self._pending, Truncate(self.toprocess.name, self._claimed_from)]
-                taken_bytes = self._journal.sizes()[self.toprocess.name] - self._claimed_from
-                self.queue_left = self._claimed_from * len(tasks) // max(taken_bytes, 1)
-            else:
-                actions = self._pending
-            self._journal.commit([*actions, WriteAt(self._slot_name(slot), 0, line)])
+            self._journal.commit([*self._pending, *queue, WriteAt(self._slot_name(slot), 0, line)])
             log.hold(tasks, size=len(line), recoveries=self._journal.state.recoveries)
             self.farm_workers = self._journal.state.workers
             return tasks
@@ -423,25 +430,47 @@ class WorkDir:
         _LOGGER.warning("tasks of %s were given back while they ran here: their results are only accounted", log.path)
         return True
 
-    def _take(self, want: int, tasklist: Path | None, slot: SlotRecord, log: SlotLog) -> list[Task]:
-        """Find up to *want* tasks on top of the queue (``self._claimed_from``: where they start in toprocess).
+    def _take(
+        self, want: int, tasklist: Path | None, slot: SlotRecord, log: SlotLog, fits: Callable[[str], bool] | None
+    ) -> tuple[list[Task], list[Action]]:
+        """Find up to *want* tasks on top of the queue that this farmer can run (*fits*).
 
         ``self._pending`` holds what must be committed with the claim.
+
+        :returns: the tasks, in the order to run them, and the actions that take them off the queue (leaving those
+            it passed over on top, in their order)
         """
-        top = self._read_top(want)
+        window = want + (_UNFIT_WINDOW if fits else 0)
+        top = self._read_top(window)
         if not top and tasklist is not None:
             # The settling must be complete (the slot idle) before the sync rewrites toprocess.
             self._journal.commit([*self._pending, WriteAt(self._slot_name(slot), 0, b"")])
             self._pending = []
             log.hold([], size=0, recoveries=self._journal.state.recoveries)  # settled: a retry must not redo it
             self._sync_in_claim(tasklist)
-            top = self._read_top(want)
-        self._claimed_from = self._journal.sizes()[self.toprocess.name] - sum(len(line) + 1 for line in top)
-        tasks = []
+            top = self._read_top(window)
+        tasks: list[Task] = []
+        passed: list[bytes] = []
+        examined = 0
         for line in reversed(top):  # the stack's top is its last line: it runs first
+            if len(tasks) == want:
+                break
+            examined += 1
             taskid, attempt, lost, command = parse_stack_entry(line)
-            tasks.append(Task(taskid, command, attempt, lost))
-        return tasks
+            if fits is None or fits(command):
+                tasks.append(Task(taskid, command, attempt, lost))
+            else:
+                passed.append(line)
+        self.unfit = len(passed) if not tasks else 0
+        if not tasks:
+            return [], []
+        size = self._journal.sizes()[self.toprocess.name]
+        start = size - sum(len(line) + 1 for line in top[len(top) - examined :])
+        self.queue_left = start * len(tasks) // max(size - start, 1)
+        queue: list[Action] = [Truncate(self.toprocess.name, start)]
+        if passed:
+            queue.append(WriteAt(self.toprocess.name, start, b"".join(line + b"\n" for line in reversed(passed))))
+        return tasks, queue
 
     def _read_top(self, count: int) -> list[bytes]:
         """:returns: the last *count* lines of toprocess (fewer when it is shorter)

@@ -20,6 +20,7 @@ ACCOUNTING_COLUMNS: Final = (
     "task attempt status returncode start end seconds host worker farmer peak_rss_kb cpu_user_s cpu_system_s log"
 )
 ACCOUNTING_HEADER: Final = "\t".join(ACCOUNTING_COLUMNS.split()).encode() + b"\n"
+SKIPPED: Final = "skipped:outputs"  # its declared outputs existed: finished without running (--skip-existing)
 STOPPED: Final = "stopped"  # an attempt killed by a stop: the task went back to the queue
 LOST: Final = "lost"  # an attempt whose farmer or worker died: the task went back to the queue
 
@@ -46,7 +47,7 @@ class Outcome:
     @property
     def succeeded(self) -> bool:
         """:returns: whether the task goes to ``finished``"""
-        return self.returncode == 0 and not self.reason
+        return self.returncode == 0 and self.reason in ("", SKIPPED)
 
     @property
     def status(self) -> str:
@@ -62,7 +63,7 @@ class Outcome:
 
 def ended(slot: SlotRecord, index: int, task: Task, outcome: Outcome, *, retry: bool) -> Ended:
     """:returns: the record of an attempt that ended by itself (or by a policy), as its slot file keeps it"""
-    status = "ok" if outcome.succeeded else outcome.status
+    status = outcome.status if outcome.reason or not outcome.succeeded else "ok"
     if outcome.succeeded:
         state, line = FINISHED, b"%d %s\n" % (task.taskid, task.command.encode())
     elif retry:
