@@ -135,6 +135,7 @@ def engine_available(name: str) -> str | None:
         "apptainer": lambda: None if shutil.which("apptainer") or shutil.which("singularity") else "not on PATH",
         "slurm": lambda: _command_probe(["sinfo", "-h"]),
         "htcondor": lambda: _command_probe(["condor_status", "-total"]),
+        "glusterfs": _glusterfs_probe,
     }
     return probes[name]()
 
@@ -147,6 +148,26 @@ def _command_probe(argv: list[str]) -> str | None:
     except subprocess.TimeoutExpired:
         return f"{argv[0]} did not answer within 20 s"
     return None if result.returncode == 0 else f"{argv[0]} failed: {result.stderr.strip()[:200]}"
+
+
+GLUSTER_MOUNTS: Final = (
+    "TASKFARMER_GLUSTER_SAFE_A",
+    "TASKFARMER_GLUSTER_SAFE_B",
+    "TASKFARMER_GLUSTER_CACHED_A",
+    "TASKFARMER_GLUSTER_CACHED_B",
+)
+
+
+def _glusterfs_probe() -> str | None:
+    """The four mount points ``ci/glusterfs-up.sh`` exports are each a mounted GlusterFS volume."""
+    mounts = {part.mountpoint: part.fstype for part in psutil.disk_partitions(all=True)}
+    for variable in GLUSTER_MOUNTS:
+        path = os.environ.get(variable)
+        if not path:
+            return f"${variable} is not set (eval the last line of ci/glusterfs-up.sh DIR)"
+        if mounts.get(path) != "fuse.glusterfs":
+            return f"${variable}={path} is not a mounted GlusterFS volume"
+    return None
 
 
 @functools.cache
