@@ -18,7 +18,8 @@
 # glusterd on TCP port 24007 (here on 127.0.0.2 only), and write their logs in /var/log/glusterfs/bricks and their
 # sockets in /var/run/gluster. Needs root and /dev/fuse.
 # Output: progress on stderr; the LAST line on stdout exports TASKFARMER_GLUSTER_SAFE_A, TASKFARMER_GLUSTER_SAFE_B,
-# TASKFARMER_GLUSTER_CACHED_A, TASKFARMER_GLUSTER_CACHED_B (the mount points) and TASKFARMER_GLUSTER_DIR (DIR).
+# TASKFARMER_GLUSTER_CACHED_A, TASKFARMER_GLUSTER_CACHED_B (the mount points), TASKFARMER_GLUSTER_SAFE_BRICK and
+# TASKFARMER_GLUSTER_CACHED_BRICK (the brick directories: what the server stores, read without any client cache).
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -166,6 +167,7 @@ ensure_mount safe-b "$SAFE" "${SAFE_MOUNT_OPTIONS[@]}"
 ensure_mount cached-a "$CACHED"
 ensure_mount cached-b "$CACHED"
 say "volumes $SAFE and $CACHED served by $HOST, each mounted twice under $DIR/mnt"
-printf 'export TASKFARMER_GLUSTER_DIR=%s TASKFARMER_GLUSTER_SAFE_A=%s TASKFARMER_GLUSTER_SAFE_B=%s ' \
-    "$DIR" "$DIR/mnt/safe-a" "$DIR/mnt/safe-b" >&3
-printf 'TASKFARMER_GLUSTER_CACHED_A=%s TASKFARMER_GLUSTER_CACHED_B=%s\n' "$DIR/mnt/cached-a" "$DIR/mnt/cached-b" >&3
+printf 'export TASKFARMER_GLUSTER_SAFE_A=%s TASKFARMER_GLUSTER_SAFE_B=%s TASKFARMER_GLUSTER_SAFE_BRICK=%s ' \
+    "$DIR/mnt/safe-a" "$DIR/mnt/safe-b" "$DIR/bricks/$SAFE" >&3
+printf 'TASKFARMER_GLUSTER_CACHED_A=%s TASKFARMER_GLUSTER_CACHED_B=%s TASKFARMER_GLUSTER_CACHED_BRICK=%s\n' \
+    "$DIR/mnt/cached-a" "$DIR/mnt/cached-b" "$DIR/bricks/$CACHED" >&3

@@ -156,10 +156,11 @@ GLUSTER_MOUNTS: Final = (
     "TASKFARMER_GLUSTER_CACHED_A",
     "TASKFARMER_GLUSTER_CACHED_B",
 )
+GLUSTER_BRICKS: Final = ("TASKFARMER_GLUSTER_SAFE_BRICK", "TASKFARMER_GLUSTER_CACHED_BRICK")
 
 
 def _glusterfs_probe() -> str | None:
-    """The four mount points ``ci/glusterfs-up.sh`` exports are each a mounted GlusterFS volume."""
+    """The four mount points ``ci/glusterfs-up.sh`` exports are each a mounted GlusterFS volume; its bricks exist."""
     mounts = {part.mountpoint: part.fstype for part in psutil.disk_partitions(all=True)}
     for variable in GLUSTER_MOUNTS:
         path = os.environ.get(variable)
@@ -167,6 +168,9 @@ def _glusterfs_probe() -> str | None:
             return f"${variable} is not set (eval the last line of ci/glusterfs-up.sh DIR)"
         if mounts.get(path) != "fuse.glusterfs":
             return f"${variable}={path} is not a mounted GlusterFS volume"
+    for variable in GLUSTER_BRICKS:
+        if not Path(os.environ.get(variable) or "/nonexistent").is_dir():
+            return f"${variable} is not set to a brick directory (eval the last line of ci/glusterfs-up.sh DIR)"
     return None
 
 
@@ -190,9 +194,12 @@ def _docker_probe() -> str | None:
     return None
 
 
-def freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
+def freeze_then_kill(
+    find: Callable[[], list[psutil.Process]], *, while_frozen: Callable[[], object] | None = None
+) -> int:
     """Stop every process *find* returns until it finds no new one (none can react to another's death), then
-    SIGKILL them all: as if their node (host) was lost at once. :returns: how many processes were killed
+    SIGKILL them all: as if their node (host) was lost at once. *while_frozen* is called between the two (to look
+    at what they held at the instant they died). :returns: how many processes were killed
     """
     stopped: dict[int, psutil.Process] = {}
     while new := [proc for proc in find() if proc.pid not in stopped]:
@@ -200,6 +207,8 @@ def freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGSTOP)
             stopped[proc.pid] = proc
+    if while_frozen is not None:
+        while_frozen()
     for proc in stopped.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
