@@ -192,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.add_argument("workdir", type=Path)
     log.add_argument("task", type=int)
     log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
+    check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
+    check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")
+    check_fs.add_argument("--peer", type=Path, help="the same directory through another mount point")
     args = parser.parse_args(argv)
     handlers = {
         "run": _run,
@@ -200,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requeue": _requeue,
         "drain": _drain,
         "log": _log,
+        "check-fs": _check_fs,
     }
     return _guarded(handlers[args.verb], args)
 
@@ -265,6 +269,17 @@ def _log(args: argparse.Namespace) -> int:
 
     print_log(_existing_workdir(args), args.task, attempt=args.attempt, out=sys.stdout.buffer)
     return EXIT_OK
+
+
+def _check_fs(args: argparse.Namespace) -> int:
+    from taskfarmer.checkfs import run_checks  # noqa: PLC0415  # imported for this command only
+
+    failed = False
+    for check in run_checks(args.directory, peer=args.peer):
+        sys.stdout.write(check.line() + "\n")
+        sys.stdout.flush()
+        failed = failed or check.passed is False
+    return EXIT_FAILED_TASKS if failed else EXIT_OK
 
 
 def _runners(args: argparse.Namespace) -> int:

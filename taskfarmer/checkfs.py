@@ -1,0 +1,377 @@
+"""``taskfarmer check-fs DIR [--peer DIR2]``: whether farmers on many hosts can share a work directory there.
+
+What the store needs from a shared filesystem, tested there before a big run:
+
+- ``flock`` works and excludes across processes (and across mounts, with ``--peer``);
+- close-to-open consistency: what one client wrote and closed under the lock, the next lock holder sees whole,
+  at once, through a fresh ``open`` on another client (``--peer``: the same directory through another mount point);
+- the round-trip time of a metadata request, which bounds how many tasks per second the lock can hand out.
+
+Each check yields one :class:`Check`; the command line prints them and picks the exit status. Everything is done in
+a fresh directory inside DIR, removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import psutil
+
+from taskfarmer.errors import WorkDirError
+from taskfarmer.store._files import filesystem_type, pwrite_all, read_small
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+ROUNDS: Final = 36  # visibility rounds: each writer side (2) x each operation (3), six times
+SAMPLES: Final = 50  # timed metadata requests of each kind
+PEER_WAIT: Final = 5.0  # seconds for a file made in DIR to appear in the peer directory (else: not the same one)
+LOCK_WAIT: Final = 5.0  # seconds for a released lock to become free to another process
+_MAX_SIZE: Final = 64 * 1024  # the test file is rewritten when it would grow beyond this
+_OPERATIONS: Final = ("rewrite", "append", "truncate")
+
+# What to change, per filesystem, when a check fails (what the store relies on: see README "Before a big run").
+_ADVICE: Final = {
+    "glusterfs": (
+        "turn the volume's client caches off (gluster volume set VOLUME performance.X off, for X in write-behind, "
+        "open-behind, quick-read, stat-prefetch, read-ahead, io-cache, readdir-ahead, nl-cache) and mount with "
+        "-o attribute-timeout=0,entry-timeout=0,direct-io-mode=enable"
+    ),
+    "nfs": (
+        "mount with close-to-open consistency and working locks: no nocto, no nolock, no local_lock; "
+        "lookupcache=positive (or none) and a short actimeo (or noac)"
+    ),
+    "lustre": "mount the clients with -o flock (not localflock, not noflock)",
+}
+_GENERIC_ADVICE: Final = (
+    "put the work directory (or the lock, --lockdir) on a filesystem with flock across hosts and close-to-open "
+    "consistency"
+)
+_GLUSTER_CLIENT_OPTIONS: Final = ("--attribute-timeout=0", "--entry-timeout=0", "--direct-io-mode=enable")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check: ``passed`` is ``None`` for a line that only informs (or a check not run)."""
+
+    name: str
+    passed: bool | None
+    detail: str
+
+    def line(self) -> str:
+        """:returns: the line ``check-fs`` prints for it"""
+        status = {True: "ok: ", False: "FAILED: ", None: ""}[self.passed]
+        return f"{self.name:<13} {status}{self.detail}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """The mount a path is on, from ``/proc/self/mountinfo``."""
+
+    point: str
+    fstype: str
+    source: str
+    options: tuple[str, ...]
+
+
+def mount_of(path: Path, *, mountinfo: str | None = None) -> Mount:
+    """:returns: the mount *path* is on (its type as the store sees it: :func:`filesystem_type`)"""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            mountinfo = ""
+    target = str(path.resolve())
+    best = Mount(point="", fstype="", source="", options=())
+    for fields in (line.split() for line in mountinfo.splitlines()):
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best.point):
+            dash = fields.index("-")
+            options = fields[5].split(",") + (fields[dash + 3].split(",") if len(fields) > dash + 3 else [])
+            source = fields[dash + 2] if len(fields) > dash + 2 else ""
+            best = Mount(point=point, fstype="", source=source, options=tuple(dict.fromkeys(options)))
+    fstype = filesystem_type(path, mountinfo=mountinfo)
+    return Mount(point=best.point, fstype=fstype, source=best.source, options=best.options)
+
+
+def advice(fstype: str) -> str:
+    """:returns: what to change on a filesystem of type *fstype* so that farmers can share it"""
+    for key, text in _ADVICE.items():
+        if key in fstype:
+            return text
+    return _GENERIC_ADVICE
+
+
+def run_checks(directory: Path, *, peer: Path | None = None, rounds: int = ROUNDS) -> Iterator[Check]:
+    """Check *directory* (and, with *peer*, the same directory through another mount point).
+
+    :param directory: a directory on the filesystem to check; a scratch directory is made in it and removed
+    :param peer: the same directory through another mount point (another client of the filesystem)
+    :param rounds: how many write-then-read rounds the visibility check makes
+    :raises WorkDirError: when *directory* or *peer* cannot be used (not a writable directory, not the same one)
+    :returns: the checks, each as soon as it is done
+    """
+    scratch = _make_scratch(directory)
+    try:
+        peer_scratch = _find_in_peer(scratch, peer) if peer is not None else None
+        mount = mount_of(directory)
+        yield Check("filesystem", None, _describe(mount, directory))
+        yield _check_mount_options(mount)
+        yield _check_lock(scratch, peer_scratch or scratch, fstype=mount.fstype)
+        if peer_scratch is None:
+            yield Check("visibility", None, "not checked: give --peer DIR2, the same directory through another mount")
+        else:
+            yield _check_visibility(scratch, peer_scratch, rounds=rounds, fstype=mount.fstype)
+        yield _check_latency(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _make_scratch(directory: Path) -> Path:
+    if not directory.is_dir():
+        msg = f"{directory} is not a directory: give a directory on the filesystem to check."
+        raise WorkDirError(msg)
+    scratch = directory / f".taskfarmer-check-fs.{secrets.token_hex(6)}"
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        msg = f"Cannot make a scratch directory in {directory}: {exc.strerror}. Give a directory you can write to."
+        raise WorkDirError(msg) from exc
+    return scratch
+
+
+def _find_in_peer(scratch: Path, peer: Path) -> Path:
+    """:returns: *scratch* as seen through *peer*, once a file made in it shows there"""
+    if not peer.is_dir():
+        msg = f"--peer {peer} is not a directory: give the same directory as DIR through another mount point."
+        raise WorkDirError(msg)
+    token = secrets.token_hex(8).encode()
+    (scratch / "hello").write_bytes(token)
+    seen = peer / scratch.name / "hello"
+    deadline = time.monotonic() + PEER_WAIT
+    while read_small(seen) != token:
+        if time.monotonic() > deadline:
+            msg = (
+                f"--peer {peer} does not show the same directory as {scratch.parent}: {scratch.name}/hello, made "
+                f"there, did not appear in it within {PEER_WAIT:.0f} s."
+            )
+            raise WorkDirError(msg)
+        time.sleep(0.05)
+    return peer / scratch.name
+
+
+def _describe(mount: Mount, directory: Path) -> str:
+    fstype = mount.fstype or "unknown type"
+    return f"{directory} is on {fstype} ({mount.source} on {mount.point}), options {','.join(mount.options)}"
+
+
+def _check_mount_options(mount: Mount) -> Check:
+    """Options known to break what the store needs (the other checks find what no option shows)."""
+    problems = _bad_options(mount)
+    if problems:
+        return Check("mount options", False, f"{'; '.join(problems)}: {advice(mount.fstype)}")
+    return Check("mount options", True, "none known to break locking or consistency")
+
+
+def _bad_options(mount: Mount) -> list[str]:
+    options = set(mount.options)
+    problems = []
+    if mount.fstype.startswith("nfs"):
+        if options & {"nolock", "local_lock=flock", "local_lock=all"}:
+            problems.append("nolock/local_lock: locks exclude only on this host")
+        if "nocto" in options:
+            problems.append("nocto: another host's writes may stay unseen after open")
+    if mount.fstype == "lustre" and options & {"localflock", "noflock"}:
+        problems.append("localflock/noflock: locks exclude only on this node, or not at all")
+    if "glusterfs" in mount.fstype:
+        missing = _missing_gluster_client_options(mount.point)
+        if missing:
+            problems.append(f"the FUSE client runs without {' '.join(missing)}: the kernel caches names and data")
+    return problems
+
+
+def _missing_gluster_client_options(point: str) -> list[str]:
+    """:returns: the consistency options missing from the command line of the gluster client serving *point*"""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if proc.info["name"] == "glusterfs" and argv and argv[-1].rstrip("/") == point.rstrip("/"):
+            return [option for option in _GLUSTER_CLIENT_OPTIONS if option not in argv]
+    return []  # not found (another user's process hidden, or another client): the visibility check decides
+
+
+def _check_lock(first: Path, second: Path, *, fstype: str) -> Check:
+    """A process holds ``flock`` on a file; another (through *second*) must not get it, then get it once released."""
+    lock = first / "lock"
+    lock.touch()
+    holder = subprocess.Popen(  # noqa: S603  # this Python, a fixed script, a path we made
+        [sys.executable, "-c", _HOLDER, str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with holder:
+        said = holder.stdout.readline().strip() if holder.stdout else ""
+        if said != "locked":
+            holder.kill()
+            return _lock_failed(f"flock failed: {said or holder.communicate()[1].strip()}", fstype)
+        taken_while_held = _try_lock(second / "lock")
+        holder.communicate("release\n")
+    if taken_while_held:
+        return _lock_failed("a second process took the lock while another held it (locks exclude nothing)", fstype)
+    start = time.monotonic()
+    while not _try_lock(second / "lock"):
+        if time.monotonic() - start > LOCK_WAIT:
+            return _lock_failed(f"the lock stayed taken {LOCK_WAIT:.0f} s after its holder released it", fstype)
+        time.sleep(0.01)
+    where = "" if first == second else f" (through {second.parent})"
+    return Check("lock", True, f"a second process{where} could not take the lock while the first held it, then could")
+
+
+# The holder: locks the file, says so, and keeps it until told to release it (or its stdin closes).
+_HOLDER: Final = """
+import fcntl, sys
+try:
+    with open(sys.argv[1], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        sys.stdin.readline()
+except OSError as exc:
+    print(f"{exc.__class__.__name__}: {exc}", flush=True)
+"""
+
+
+def _try_lock(path: Path) -> bool:
+    """:returns: whether a non-blocking exclusive ``flock`` on *path* succeeds (released at once)"""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _lock_failed(what: str, fstype: str) -> Check:
+    consequence = "farmers sharing a work directory here would run tasks twice"
+    return Check("lock", False, f"{what}; {consequence}: {advice(fstype)}")
+
+
+def _check_visibility(first: Path, second: Path, *, rounds: int, fstype: str) -> Check:
+    """Write under the lock through one mount, close, then at once open and read under the lock through the other."""
+    rng = random.Random()  # noqa: S311  # test data, not cryptography
+    data = b""
+    stale: list[str] = []
+    for number in range(rounds):
+        writer, reader = (first, second) if number % 2 == 0 else (second, first)
+        operation = _OPERATIONS[(number // 2) % len(_OPERATIONS)]
+        start, data = _next_content(data, operation, rng)
+        with _locked(writer / "lock"):
+            _write(writer / "data", data, start=start)
+        with _locked(reader / "lock"):
+            seen = read_small(reader / "data")
+        if seen != data:
+            stale.append(f"round {number + 1} ({operation} through {writer.parent}): {_difference(data, seen)}")
+    if not stale:
+        return Check(
+            "visibility",
+            True,
+            f"{rounds} rounds of rewrite, append and truncate through one mount, each seen whole by a fresh open "
+            "through the other right after",
+        )
+    return Check(
+        "visibility",
+        False,
+        f"{len(stale)} of {rounds} rounds saw a stale view, first {stale[0]}; farmers on several hosts would run "
+        f"tasks twice and corrupt the work directory: {advice(fstype)}",
+    )
+
+
+def _next_content(data: bytes, operation: str, rng: random.Random) -> tuple[int, bytes]:
+    """:returns: where the next content starts to differ from *data*, and the content (no NUL byte in it)"""
+    if operation == "append" and len(data) < _MAX_SIZE:
+        return len(data), data + _printable(rng, rng.randint(1, 4096))
+    if operation == "truncate" and data:
+        cut = rng.randint(0, len(data) - 1)
+        return cut, data[:cut]
+    return 0, _printable(rng, rng.randint(1, 8192))
+
+
+def _printable(rng: random.Random, size: int) -> bytes:
+    return bytes(rng.choices(range(33, 127), k=size))
+
+
+def _write(path: Path, data: bytes, *, start: int) -> None:
+    """Make *path* hold *data*, writing only what differs from *start* on, as the store appends and cuts."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        pwrite_all(fd, data[start:], start)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _difference(expected: bytes, seen: bytes) -> str:
+    """:returns: how *seen* differs from *expected*, in a few words"""
+    if len(seen) != len(expected):
+        return f"a fresh open saw {len(seen)} bytes, not the {len(expected)} written"
+    offset = next(i for i, (a, b) in enumerate(zip(expected, seen, strict=True)) if a != b)
+    nul = " (NUL bytes)" if seen[offset] == 0 else ""
+    return f"a fresh open saw other bytes from offset {offset}{nul}"
+
+
+def _check_latency(scratch: Path) -> Check:
+    """Median and 90th percentile of an open+close and of a stat of an existing file."""
+    probe = scratch / "latency"
+    probe.write_bytes(b"x")
+    opens = _timed(lambda: os.close(os.open(probe, os.O_RDONLY)))
+    stats = _timed(probe.stat)
+    return Check(
+        "latency",
+        True,
+        f"open+close median {_ms(statistics.median(opens))}, p90 {_ms(_p90(opens))}; stat median "
+        f"{_ms(statistics.median(stats))}, p90 {_ms(_p90(stats))} ({SAMPLES} each)",
+    )
+
+
+def _timed(request: Callable[[], object]) -> list[float]:
+    times = []
+    for _ in range(SAMPLES):
+        start = time.perf_counter()
+        request()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms"
