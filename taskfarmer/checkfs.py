@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import psutil
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 ROUNDS: Final = 36  # visibility rounds: each writer side (2) x each operation (3), six times
 SAMPLES: Final = 50  # timed metadata requests of each kind
 PEER_WAIT: Final = 5.0  # seconds for a file made in DIR to appear in the peer directory (else: not the same one)
+JOIN_WAIT: Final = 600.0  # seconds --peer-serve and --peer-wait wait for each other
 LOCK_WAIT: Final = 5.0  # seconds for a released lock to become free to another process
 _MAX_SIZE: Final = 64 * 1024  # the test file is rewritten when it would grow beyond this
 _OPERATIONS: Final = ("rewrite", "append", "truncate")
@@ -117,29 +118,99 @@ def advice(fstype: str) -> str:
     return _GENERIC_ADVICE
 
 
-def run_checks(directory: Path, *, peer: Path | None = None, rounds: int = ROUNDS) -> Iterator[Check]:
-    """Check *directory* (and, with *peer*, the same directory through another mount point).
+class Side(Protocol):
+    """A client of the filesystem the checks go through: this process on a path, or a peer on another host."""
+
+    @property
+    def where(self) -> str:
+        """:returns: the client, for messages (a path, or ``host:path``)"""
+
+    def write(self, name: str, data: bytes, *, start: int) -> None:
+        """Under the lock, make file *name* hold *data*, writing only what differs from offset *start* on."""
+
+    def read(self, name: str) -> bytes:
+        """:returns: the content of file *name*, read under the lock through a fresh ``open``"""
+
+    def try_lock(self) -> bool:
+        """:returns: whether the lock could be taken at once (released again at once)"""
+
+    def close(self) -> None:
+        """The checks are over."""
+
+
+@dataclass(frozen=True)
+class LocalSide:
+    """The scratch directory through a path of this host: the lock is its file ``lock``, as the store's."""
+
+    directory: Path
+
+    @property
+    def where(self) -> str:
+        """:returns: the directory checked, as this side sees it"""
+        return str(self.directory.parent)
+
+    def write(self, name: str, data: bytes, *, start: int) -> None:
+        """Under the lock, make file *name* hold *data*, writing only what differs from offset *start* on."""
+        with _locked(self.directory / "lock"):
+            _write(self.directory / name, data, start=start)
+
+    def read(self, name: str) -> bytes:
+        """:returns: the content of file *name*, read under the lock through a fresh ``open``"""
+        with _locked(self.directory / "lock"):
+            return read_small(self.directory / name)
+
+    def try_lock(self) -> bool:
+        """:returns: whether the lock could be taken at once (released again at once)"""
+        return _try_lock(self.directory / "lock")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def run_checks(
+    directory: Path,
+    *,
+    peer: Path | None = None,
+    join: Callable[[Path, bytes], Side] | None = None,
+    rounds: int = ROUNDS,
+) -> Iterator[Check]:
+    """Check *directory*, and, with *peer* or *join*, visibility from another client of the filesystem.
 
     :param directory: a directory on the filesystem to check; a scratch directory is made in it and removed
-    :param peer: the same directory through another mount point (another client of the filesystem)
+    :param peer: the same directory through another mount point of this host
+    :param join: called with the scratch directory and the content of its file ``hello``, it waits for a peer on
+        another host to join and returns it (``taskfarmer.checkfs_peer``)
     :param rounds: how many write-then-read rounds the visibility check makes
     :raises WorkDirError: when *directory* or *peer* cannot be used (not a writable directory, not the same one)
     :returns: the checks, each as soon as it is done
     """
     scratch = _make_scratch(directory)
+    other: Side = LocalSide(scratch)
     try:
-        peer_scratch = _find_in_peer(scratch, peer) if peer is not None else None
-        mount = mount_of(directory)
-        yield Check("filesystem", None, _describe(mount, directory))
-        yield _check_mount_options(mount)
-        yield _check_lock(scratch, peer_scratch or scratch, fstype=mount.fstype)
-        if peer_scratch is None:
-            yield Check("visibility", None, "not checked: give --peer DIR2, the same directory through another mount")
-        else:
-            yield _check_visibility(scratch, peer_scratch, rounds=rounds, fstype=mount.fstype)
-        yield _check_latency(scratch)
+        token = _hello(scratch)
+        if peer is not None:
+            other = LocalSide(_find_in_peer(scratch, peer, token))
+        elif join is not None:
+            wait = f"up to {JOIN_WAIT / 60:.0f} minutes"
+            yield Check("peer", None, f"waiting for `taskfarmer check-fs DIR --peer-wait` on another host ({wait})")
+            other = join(scratch, token)
+            yield Check("peer", None, f"{other.where} joined")
+        yield from _checks(scratch, other if peer or join else None, checked=directory, rounds=rounds)
     finally:
+        other.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _checks(scratch: Path, other: Side | None, *, checked: Path, rounds: int) -> Iterator[Check]:
+    mount = mount_of(checked)
+    yield Check("filesystem", None, _describe(mount, checked))
+    yield _check_mount_options(mount)
+    yield _check_lock(scratch, other or LocalSide(scratch), fstype=mount.fstype)
+    if other is None:
+        yield Check("visibility", None, "not checked: give --peer DIR2 (another mount) or use --peer-serve/--peer-wait")
+    else:
+        yield _check_visibility(LocalSide(scratch), other, rounds=rounds, fstype=mount.fstype)
+    yield _check_latency(scratch)
 
 
 def _make_scratch(directory: Path) -> Path:
@@ -155,23 +226,37 @@ def _make_scratch(directory: Path) -> Path:
     return scratch
 
 
-def _find_in_peer(scratch: Path, peer: Path) -> Path:
-    """:returns: *scratch* as seen through *peer*, once a file made in it shows there"""
+def _hello(scratch: Path) -> bytes:
+    """Write a random token in *scratch*, for a peer to read back (then it sees the same directory).
+
+    :returns: the token
+    """
+    token = secrets.token_hex(8).encode()
+    (scratch / "hello").write_bytes(token)
+    return token
+
+
+def shows_hello(directory: Path, token: bytes, *, within: float = PEER_WAIT) -> bool:
+    """:returns: whether file ``hello`` of *directory* holds *token* (waiting up to *within* seconds for it)"""
+    deadline = time.monotonic() + within
+    while read_small(directory / "hello") != token:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _find_in_peer(scratch: Path, peer: Path, token: bytes) -> Path:
+    """:returns: *scratch* as seen through *peer*, once its file ``hello`` shows there"""
     if not peer.is_dir():
         msg = f"--peer {peer} is not a directory: give the same directory as DIR through another mount point."
         raise WorkDirError(msg)
-    token = secrets.token_hex(8).encode()
-    (scratch / "hello").write_bytes(token)
-    seen = peer / scratch.name / "hello"
-    deadline = time.monotonic() + PEER_WAIT
-    while read_small(seen) != token:
-        if time.monotonic() > deadline:
-            msg = (
-                f"--peer {peer} does not show the same directory as {scratch.parent}: {scratch.name}/hello, made "
-                f"there, did not appear in it within {PEER_WAIT:.0f} s."
-            )
-            raise WorkDirError(msg)
-        time.sleep(0.05)
+    if not shows_hello(peer / scratch.name, token):
+        msg = (
+            f"--peer {peer} does not show the same directory as {scratch.parent}: {scratch.name}/hello, made "
+            f"there, did not appear in it within {PEER_WAIT:.0f} s."
+        )
+        raise WorkDirError(msg)
     return peer / scratch.name
 
 
@@ -214,8 +299,8 @@ def _missing_gluster_client_options(point: str) -> list[str]:
     return []  # not found (another user's process hidden, or another client): the visibility check decides
 
 
-def _check_lock(first: Path, second: Path, *, fstype: str) -> Check:
-    """A process holds ``flock`` on a file; another (through *second*) must not get it, then get it once released."""
+def _check_lock(first: Path, other: Side, *, fstype: str) -> Check:
+    """A process holds ``flock`` on a file; another (through *other*) must not get it, then get it once released."""
     lock = first / "lock"
     lock.touch()
     holder = subprocess.Popen(  # noqa: S603  # this Python, a fixed script, a path we made
@@ -230,16 +315,16 @@ def _check_lock(first: Path, second: Path, *, fstype: str) -> Check:
         if said != "locked":
             holder.kill()
             return _lock_failed(f"flock failed: {said or holder.communicate()[1].strip()}", fstype)
-        taken_while_held = _try_lock(second / "lock")
+        taken_while_held = other.try_lock()
         holder.communicate("release\n")
     if taken_while_held:
         return _lock_failed("a second process took the lock while another held it (locks exclude nothing)", fstype)
     start = time.monotonic()
-    while not _try_lock(second / "lock"):
+    while not other.try_lock():
         if time.monotonic() - start > LOCK_WAIT:
             return _lock_failed(f"the lock stayed taken {LOCK_WAIT:.0f} s after its holder released it", fstype)
         time.sleep(0.01)
-    where = "" if first == second else f" (through {second.parent})"
+    where = "" if other.where == str(first.parent) else f" (through {other.where})"
     return Check("lock", True, f"a second process{where} could not take the lock while the first held it, then could")
 
 
@@ -258,7 +343,7 @@ except OSError as exc:
 
 def _try_lock(path: Path) -> bool:
     """:returns: whether a non-blocking exclusive ``flock`` on *path* succeeds (released at once)"""
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -273,8 +358,8 @@ def _lock_failed(what: str, fstype: str) -> Check:
     return Check("lock", False, f"{what}; {consequence}: {advice(fstype)}")
 
 
-def _check_visibility(first: Path, second: Path, *, rounds: int, fstype: str) -> Check:
-    """Write under the lock through one mount, close, then at once open and read under the lock through the other."""
+def _check_visibility(first: Side, second: Side, *, rounds: int, fstype: str) -> Check:
+    """Write under the lock through one client, close, then at once open and read under the lock through the other."""
     rng = random.Random()  # noqa: S311  # test data, not cryptography
     data = b""
     stale: list[str] = []
@@ -282,17 +367,15 @@ def _check_visibility(first: Path, second: Path, *, rounds: int, fstype: str) ->
         writer, reader = (first, second) if number % 2 == 0 else (second, first)
         operation = _OPERATIONS[(number // 2) % len(_OPERATIONS)]
         start, data = _next_content(data, operation, rng)
-        with _locked(writer / "lock"):
-            _write(writer / "data", data, start=start)
-        with _locked(reader / "lock"):
-            seen = read_small(reader / "data")
+        writer.write("data", data, start=start)
+        seen = reader.read("data")
         if seen != data:
-            stale.append(f"round {number + 1} ({operation} through {writer.parent}): {_difference(data, seen)}")
+            stale.append(f"round {number + 1} ({operation} through {writer.where}): {_difference(data, seen)}")
     if not stale:
         return Check(
             "visibility",
             True,
-            f"{rounds} rounds of rewrite, append and truncate through one mount, each seen whole by a fresh open "
+            f"{rounds} rounds of rewrite, append and truncate through one client, each seen whole by a fresh open "
             "through the other right after",
         )
     return Check(

@@ -225,3 +225,23 @@ def throttled(predicate: Callable[[], bool], every: float = 0.5) -> Callable[[],
         return bool(last[1])
 
     return check
+
+
+def serve_and_wait(served: Path, waiting: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``check-fs SERVED --peer-serve`` and ``check-fs WAITING --peer-wait`` at once, as on two hosts.
+
+    :returns: the serving side (it prints the results), and what the waiting side printed
+    """
+    argv = [sys.executable, "-m", "taskfarmer", "check-fs"]
+    waiter = subprocess.Popen([*argv, str(waiting), "--peer-wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        server = subprocess.run(
+            [*argv, str(served), "--peer-serve"], capture_output=True, text=True, timeout=LONG, check=False
+        )
+        waited, _ = waiter.communicate(timeout=10)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 0, waited
+    return server, waited

@@ -13,6 +13,7 @@ import pytest
 
 from taskfarmer import checkfs
 from taskfarmer.store._files import filesystem_type
+from tests.helpers import serve_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,6 +70,22 @@ def test_without_a_peer_visibility_is_not_checked(place: Path) -> None:
     assert lines["lock"].startswith("ok: a second process could not take the lock while the first held it")
 
 
+def test_two_hosts_serve_and_wait_on_one_directory(place: Path) -> None:
+    server, waited = serve_and_wait(place, place)
+    assert server.returncode == 0, server.stdout + server.stderr
+    lines = server.stdout.splitlines()
+    assert lines[0].startswith("peer          waiting for `taskfarmer check-fs DIR --peer-wait` on another host")
+    assert lines[1].startswith("peer          ")
+    assert lines[1].endswith(f":{place} joined")
+    results = _by_check("\n".join(lines[2:]))
+    assert list(results) == CHECKS
+    for name in CHECKS[1:]:
+        assert results[name].startswith("ok: "), results[name]
+    assert f":{place})" in results["lock"], "the second locker is the peer"
+    assert waited.splitlines()[-1].startswith("peer          ok: answered 38 requests of ")
+    assert list(place.iterdir()) == [], "check-fs must leave nothing behind"
+
+
 def test_a_mount_option_known_to_break_locks_fails_with_what_to_change(tmp_path: Path) -> None:
     mountinfo = (
         "22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n"
@@ -89,8 +106,20 @@ def test_a_mount_option_known_to_break_locks_fails_with_what_to_change(tmp_path:
         (lambda tmp: [tmp / "dir", "--peer", tmp / "missing"], "--peer"),
         (lambda tmp: [tmp / "dir", "--peer", tmp / "other"], "does not show the same directory"),
         (lambda tmp: [tmp / "dir", "--rounds", "3"], "unrecognized arguments"),
+        (lambda tmp: [tmp / "dir", "--peer", tmp / "dir", "--peer-serve"], "not allowed with argument"),
+        (lambda tmp: [tmp / "missing", "--peer-serve"], "is not a directory"),
+        (lambda tmp: [tmp / "missing", "--peer-wait"], "is not a directory"),
     ],
-    ids=["missing", "a file", "missing peer", "peer not the same directory", "unknown option"],
+    ids=[
+        "missing",
+        "a file",
+        "missing peer",
+        "peer not the same directory",
+        "unknown option",
+        "two peer modes",
+        "serve a missing directory",
+        "wait on a missing directory",
+    ],
 )
 def test_bad_input_gets_one_clear_line_and_status_2(
     place: Path, make: Callable[[Path], list[str | Path]], needle: str

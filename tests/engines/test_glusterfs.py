@@ -33,6 +33,7 @@ from tests.helpers import (
     freeze_then_kill,
     lines,
     processes_with_env,
+    serve_and_wait,
     throttled,
     wait_for,
     write_tasklist,
@@ -313,3 +314,15 @@ def test_check_fs_finds_the_cached_volume_stale_and_says_what_to_change(cached: 
     assert "-o attribute-timeout=0,entry-timeout=0,direct-io-mode=enable" in visibility
     options = lines_by_check["mount options"]
     assert options.startswith("FAILED: the FUSE client runs without --attribute-timeout=0"), options
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("volume", "status"), [("safe", 0), ("cached", 1)])
+def test_check_fs_between_two_hosts_serve_and_wait(volume: str, status: int, request: pytest.FixtureRequest) -> None:
+    """The two-host form over the two mounts: the same verdict as ``--peer``."""
+    shared: Shared = request.getfixturevalue(volume)
+    server, waited = serve_and_wait(shared.a, shared.b)
+    assert server.returncode == status, server.stdout + server.stderr
+    visibility = next(line for line in server.stdout.splitlines() if line.startswith("visibility"))
+    assert visibility.startswith("visibility    ok: " if status == 0 else "visibility    FAILED: "), visibility
+    assert "answered 38 requests" in waited
