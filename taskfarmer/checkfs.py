@@ -269,7 +269,7 @@ def _check_mount_options(mount: Mount) -> Check:
     """Options known to break what the store needs (the other checks find what no option shows)."""
     problems = _bad_options(mount)
     if problems:
-        return Check("mount options", False, f"{'; '.join(problems)}: {advice(mount.fstype)}")
+        return Check("mount options", False, f"{'; '.join(problems)}; to fix: {advice(mount.fstype)}")
     return Check("mount options", True, "none known to break locking or consistency")
 
 
@@ -278,15 +278,15 @@ def _bad_options(mount: Mount) -> list[str]:
     problems = []
     if mount.fstype.startswith("nfs"):
         if options & {"nolock", "local_lock=flock", "local_lock=all"}:
-            problems.append("nolock/local_lock: locks exclude only on this host")
+            problems.append("nolock/local_lock (locks exclude only on this host)")
         if "nocto" in options:
-            problems.append("nocto: another host's writes may stay unseen after open")
+            problems.append("nocto (another host's writes may stay unseen after open)")
     if mount.fstype == "lustre" and options & {"localflock", "noflock"}:
-        problems.append("localflock/noflock: locks exclude only on this node, or not at all")
+        problems.append("localflock/noflock (locks exclude only on this node, or not at all)")
     if "glusterfs" in mount.fstype:
         missing = _missing_gluster_client_options(mount.point)
         if missing:
-            problems.append(f"the FUSE client runs without {' '.join(missing)}: the kernel caches names and data")
+            problems.append(f"the FUSE client runs without {' '.join(missing)} (the kernel caches names and data)")
     return problems
 
 
@@ -355,7 +355,7 @@ def _try_lock(path: Path) -> bool:
 
 def _lock_failed(what: str, fstype: str) -> Check:
     consequence = "farmers sharing a work directory here would run tasks twice"
-    return Check("lock", False, f"{what}; {consequence}: {advice(fstype)}")
+    return Check("lock", False, f"{what}; {consequence}; to fix: {advice(fstype)}")
 
 
 def _check_visibility(first: Side, second: Side, *, rounds: int, fstype: str) -> Check:
@@ -382,7 +382,7 @@ def _check_visibility(first: Side, second: Side, *, rounds: int, fstype: str) ->
         "visibility",
         False,
         f"{len(stale)} of {rounds} rounds saw a stale view, first {stale[0]}; farmers on several hosts would run "
-        f"tasks twice and corrupt the work directory: {advice(fstype)}",
+        f"tasks twice and corrupt the work directory; to fix: {advice(fstype)}",
     )
 
 

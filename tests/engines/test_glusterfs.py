@@ -314,6 +314,7 @@ def test_check_fs_finds_the_cached_volume_stale_and_says_what_to_change(cached: 
     assert "-o attribute-timeout=0,entry-timeout=0,direct-io-mode=enable" in visibility
     options = lines_by_check["mount options"]
     assert options.startswith("FAILED: the FUSE client runs without --attribute-timeout=0"), options
+    assert "; to fix: turn the volume's client caches off" in options
 
 
 @pytest.mark.timeout(60)
