@@ -4,7 +4,7 @@
 #   eval "$(ci/glusterfs-up.sh /tmp/tf-gluster | tail -n 1)"   # then: pytest -m glusterfs; ci/glusterfs-down.sh ...
 #
 # Volumes (one brick each, DIR/bricks/NAME, served by 127.0.0.2, which is this host's loopback: gluster refuses
-# 127.0.0.1 and localhost as a brick host):
+# 127.0.0.1 and localhost as a brick host; GLUSTER_UP_HOST=127.0.0.3 (...) runs a second instance beside a first):
 #   taskfarmer-safe    the client caches off (volume options performance.* off) and mounted with
 #                      attribute-timeout=0, entry-timeout=0, direct-io-mode=enable: close-to-open consistent
 #   taskfarmer-cached  Gluster's defaults (caches on, mounted with default options): what a user gets untuned
@@ -15,7 +15,7 @@
 # is not mounted. glusterd runs privately: its configuration (DIR/glusterd.vol), state (DIR/state), run directory
 # (DIR/run: brick pid files), CLI socket (DIR/glusterd.socket), pid file and log are in DIR; so are the FUSE
 # clients' pid files (DIR/run/mnt-*.pid) and logs. Gluster fixes two things: the brick processes connect back to
-# glusterd on TCP port 24007 (here on 127.0.0.2 only), and write their logs in /var/log/glusterfs/bricks and their
+# glusterd on TCP port 24007 (here on that host address only), and write their logs in /var/log/glusterfs/bricks and their
 # sockets in /var/run/gluster. Needs root and /dev/fuse.
 # Output: progress on stderr; the LAST line on stdout exports TASKFARMER_GLUSTER_SAFE_A, TASKFARMER_GLUSTER_SAFE_B,
 # TASKFARMER_GLUSTER_CACHED_A, TASKFARMER_GLUSTER_CACHED_B (the mount points), TASKFARMER_GLUSTER_SAFE_BRICK and
@@ -29,7 +29,7 @@ fi
 exec 3>&1 1>&2 # stdout carries only the final export line
 mkdir -p "$1"
 DIR=$(cd "$1" && pwd)
-HOST=127.0.0.2
+HOST=${GLUSTER_UP_HOST:-127.0.0.2}
 SAFE=taskfarmer-safe
 CACHED=taskfarmer-cached
 # The client-side caches: off on the safe volume (the kernel's own caches are off through the mount options).

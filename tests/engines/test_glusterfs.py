@@ -295,7 +295,8 @@ def _check_fs(shared: Shared) -> tuple[int, dict[str, str]]:
 def test_check_fs_passes_on_the_safe_volume(safe: Shared) -> None:
     status, lines_by_check = _check_fs(safe)
     assert status == 0, lines_by_check
-    assert "is on fuse.glusterfs (127.0.0.2:taskfarmer-safe on " in lines_by_check["filesystem"]
+    assert " is on fuse.glusterfs (" in lines_by_check["filesystem"]
+    assert f":taskfarmer-safe on {os.environ['TASKFARMER_GLUSTER_SAFE_A']})" in lines_by_check["filesystem"]
     for name in ("mount options", "lock", "visibility", "latency"):
         assert lines_by_check[name].startswith("ok: "), lines_by_check
     assert f"(through {safe.b})" in lines_by_check["lock"], "the lock must exclude across the two mounts"
