@@ -9,6 +9,8 @@
 #                      attribute-timeout=0, entry-timeout=0, direct-io-mode=enable: close-to-open consistent
 #   taskfarmer-cached  Gluster's defaults (caches on, mounted with default options): what a user gets untuned
 # Mount points: DIR/mnt/safe-a, DIR/mnt/safe-b, DIR/mnt/cached-a, DIR/mnt/cached-b (each its own FUSE client).
+# Both volumes get client.event-threads 16 (see EVENT_THREADS below: with fewer, a signal to processes inside a
+# lock request can hang a FUSE client for good), and /sys/fs/fuse/connections (fusectl) is mounted when it is not.
 #
 # Idempotent: installs glusterfs-server and glusterfs-client only when missing, starts glusterd only when the one of
 # DIR is not running, creates, tunes and starts each volume only when needed, mounts each mount point only when it
@@ -35,6 +37,12 @@ CACHED=taskfarmer-cached
 # The client-side caches: off on the safe volume (the kernel's own caches are off through the mount options).
 CACHE_TRANSLATORS=(write-behind open-behind quick-read stat-prefetch read-ahead io-cache readdir-ahead nl-cache)
 SAFE_MOUNT_OPTIONS=(--attribute-timeout=0 --entry-timeout=0 --direct-io-mode=enable)
+# A signal that interrupts a process inside a lock request makes the FUSE client block one of its event threads
+# until the interruption is handled, which needs another free event thread: with the default 2, two processes
+# stopped or killed in flock() hang the mount for good (gluster/glusterfs#4371; measured here: SIGSTOP of 6
+# processes polling flock hung it at the first try, and 0 times in 35 tries with 16 threads). Not a cache: both
+# volumes get it.
+EVENT_THREADS=16
 START_TIMEOUT=60
 
 say() { echo "glusterfs-up: $*" >&2; }
@@ -125,6 +133,7 @@ ensure_volume() {
             done
         fi
     fi
+    cli volume set "$name" client.event-threads "$EVENT_THREADS" >/dev/null
     if ! volume_started "$name"; then
         say "starting volume $name"
         cli volume start "$name" force >/dev/null
@@ -157,8 +166,16 @@ ensure_mount() {
 
 mount_answers() { mounted "$1" && stat "$1/." >/dev/null; }
 
+# The FUSE control filesystem: /sys/fs/fuse/connections/N/abort ends a hung mount's requests (tests use it).
+mount_fusectl() {
+    if ! mountpoint -q /sys/fs/fuse/connections; then
+        mount -t fusectl fusectl /sys/fs/fuse/connections
+    fi
+}
+
 install_packages
 mkdir -p "$DIR/log"
+mount_fusectl
 start_glusterd
 ensure_volume "$SAFE"
 ensure_volume "$CACHED"

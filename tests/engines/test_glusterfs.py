@@ -13,11 +13,13 @@ do to appends.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Final
 import pytest
 
 from tests.helpers import (
+    GLUSTER_MOUNTS,
     LONG,
     cleanup,
     farmer_argv,
@@ -45,10 +48,40 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.glusterfs, pytest.mark.slow]
 
 TASKS: Final = 300
+WATCHDOG: Final = 200.0  # seconds: beyond every timeout of this file (pytest-timeout cannot end a FUSE wait)
 FARMER_DEADLINE: Final = 150.0  # seconds for 4 farmers to run the whole list (about 20 tasks/s on the safe volume)
 TASK: Final = (
     'mktemp "$TASKFARMER_WORKDIR/../out/$PROC_NUMBER.$TASKFARMER_HOST.XXXXXX" >/dev/null && sleep 0.0$((RANDOM % {}))'
 )
+
+
+@pytest.fixture(autouse=True)
+def fuse_watchdog() -> Iterator[None]:
+    """Cut the mounts off after :data:`WATCHDOG` seconds: a hung FUSE client then fails the test, instead of leaving
+    its processes waiting for an answer for ever (no signal ends a FUSE request the client has already read).
+    """
+    mounts = [Path(os.environ[variable]) for variable in GLUSTER_MOUNTS if variable in os.environ]
+    fired: list[Path] = []
+
+    def abort() -> None:
+        fired.extend(mounts)
+        for mount in mounts:
+            _abort_fuse(mount)
+
+    timer = threading.Timer(WATCHDOG, abort)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
+    assert not fired, f"a GlusterFS mount hung: its FUSE connections were aborted after {WATCHDOG:.0f} s"
+
+
+def _abort_fuse(mount: Path) -> None:
+    """End every request of the FUSE connection of *mount* (``/sys/fs/fuse/connections/N/abort``)."""
+    for fields in (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+        if fields[4] == str(mount):
+            with contextlib.suppress(OSError):
+                Path(f"/sys/fs/fuse/connections/{fields[2].split(':')[1]}/abort").write_text("1")
 
 
 @dataclass(frozen=True)
@@ -188,7 +221,7 @@ def _running_on(workdir: Path, host: str) -> set[int]:
     return {int(entry["task"]) for entry in json.loads(result.stdout)["running"] if entry["host"] == host}
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_two_farmers_per_mount_run_each_task_once(safe: Shared, tmp_path: Path, farms: list[Farm]) -> None:
     farm = Farm(safe, tmp_path)
     farms.append(farm)
@@ -206,7 +239,7 @@ def test_two_farmers_per_mount_run_each_task_once(safe: Shared, tmp_path: Path, 
     assert "Traceback" not in farm.errors()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_kill_9_of_one_mount_then_restart_loses_nothing(safe: Shared, tmp_path: Path, farms: list[Farm]) -> None:
     farm = Farm(safe, tmp_path, pause=30)  # tasks of 0 to 0.29 s: each worker is in a task most of the time
     farms.append(farm)
@@ -242,7 +275,7 @@ def test_kill_9_of_one_mount_then_restart_loses_nothing(safe: Shared, tmp_path: 
     assert "Traceback" not in farm.errors()
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_cached_mounts_are_refused_or_correct_never_silently_wrong(
     cached: Shared, tmp_path: Path, farms: list[Farm]
 ) -> None:
