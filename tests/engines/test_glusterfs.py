@@ -50,8 +50,9 @@ pytestmark = [pytest.mark.glusterfs, pytest.mark.slow]
 TASKS: Final = 300
 WATCHDOG: Final = 200.0  # seconds: beyond every timeout of this file (pytest-timeout cannot end a FUSE wait)
 FARMER_DEADLINE: Final = 150.0  # seconds for 4 farmers to run the whole list (about 20 tasks/s on the safe volume)
-TASK: Final = (
-    'mktemp "$TASKFARMER_WORKDIR/../out/$PROC_NUMBER.$TASKFARMER_HOST.XXXXXX" >/dev/null && sleep 0.0$((RANDOM % {}))'
+TASK: Final = (  # {} is the longest pause in ms
+    'mktemp "$TASKFARMER_WORKDIR/../out/$PROC_NUMBER.$TASKFARMER_HOST.XXXXXX" >/dev/null && '
+    "sleep $(printf 0.%03d $((RANDOM % {})))"
 )
 
 
@@ -121,9 +122,12 @@ def cached() -> Iterator[Shared]:
 
 
 class Farm:
-    """Farmers on the two mounts of one shared directory, each host's farmers tagged so they can be killed."""
+    """Farmers on the two mounts of one shared directory, each host's farmers tagged so they can be killed.
 
-    def __init__(self, shared: Shared, logs: Path, *, pause: int = 5) -> None:
+    The tasklist (:data:`TASKS` tasks, each pausing up to *pause* ms) is written through mount A.
+    """
+
+    def __init__(self, shared: Shared, logs: Path, *, pause: int = 50) -> None:
         self.shared = shared
         self.logs = logs
         self.procs: list[subprocess.Popen[str]] = []
@@ -241,7 +245,7 @@ def test_two_farmers_per_mount_run_each_task_once(safe: Shared, tmp_path: Path, 
 
 @pytest.mark.timeout(180)
 def test_kill_9_of_one_mount_then_restart_loses_nothing(safe: Shared, tmp_path: Path, farms: list[Farm]) -> None:
-    farm = Farm(safe, tmp_path, pause=30)  # tasks of 0 to 0.29 s: each worker is in a task most of the time
+    farm = Farm(safe, tmp_path, pause=300)  # tasks of 0 to 0.3 s: each worker is in a task most of the time
     farms.append(farm)
     host_a = uuid.uuid4().hex
     farm.start("hostA", host_a)
@@ -293,7 +297,8 @@ def test_cached_mounts_are_refused_or_correct_never_silently_wrong(
     finished, corrupt = _finished(cached.brick / "wd")
     symptoms = (
         f"exit statuses {statuses}; {sum(len(h) for h in runs.values())} runs of {len(runs)} tasks, ran twice: "
-        f"{twice}; finished: {len(finished)} lines ({len(set(finished))} tasks), corrupt lines {corrupt}; files with "
+        f"{twice}; finished: {len(finished)} lines ({len(set(finished))} tasks), corrupt lines {corrupt}; failed: "
+        f"{lines(cached.brick / 'wd' / 'failed')}; files with "
         f"NUL bytes {_with_nul_bytes(cached.brick / 'wd')}; farmers with a traceback "
         f"{[i for i, text in enumerate(errors) if 'Traceback' in text]}\n{farm.errors()}"
     )
