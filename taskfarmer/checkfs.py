@@ -61,6 +61,7 @@ _GENERIC_ADVICE: Final = (
     "consistency"
 )
 _GLUSTER_CLIENT_OPTIONS: Final = ("--attribute-timeout=0", "--entry-timeout=0", "--direct-io-mode=enable")
+GLUSTER_EVENT_THREADS: Final = 16  # fewer, and signals to processes inside lock requests can hang the client
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _check_mount_options(mount: Mount) -> Check:
     """Options known to break what the store needs (the other checks find what no option shows)."""
     problems = _bad_options(mount)
     if problems:
-        return Check("mount options", False, f"{'; '.join(problems)}; to fix: {advice(mount.fstype)}")
+        return Check("mount options", False, "; ".join(problems))
     return Check("mount options", True, "none known to break locking or consistency")
 
 
@@ -278,25 +279,53 @@ def _bad_options(mount: Mount) -> list[str]:
     problems = []
     if mount.fstype.startswith("nfs"):
         if options & {"nolock", "local_lock=flock", "local_lock=all"}:
-            problems.append("nolock/local_lock (locks exclude only on this host)")
+            problems.append("nolock/local_lock: locks exclude only on this host; mount without them")
         if "nocto" in options:
-            problems.append("nocto (another host's writes may stay unseen after open)")
+            problems.append("nocto: another host's writes may stay unseen after open; mount without it")
     if mount.fstype == "lustre" and options & {"localflock", "noflock"}:
-        problems.append("localflock/noflock (locks exclude only on this node, or not at all)")
+        problems.append("localflock/noflock: locks exclude only on this node, or not at all; mount with -o flock")
     if "glusterfs" in mount.fstype:
-        missing = _missing_gluster_client_options(mount.point)
-        if missing:
-            problems.append(f"the FUSE client runs without {' '.join(missing)} (the kernel caches names and data)")
+        problems.extend(_gluster_client_problems(mount.point))
     return problems
 
 
-def _missing_gluster_client_options(point: str) -> list[str]:
-    """:returns: the consistency options missing from the command line of the gluster client serving *point*"""
+def _gluster_client_problems(point: str) -> list[str]:
+    """:returns: what is wrong with the gluster FUSE client serving *point* (its options, its event threads)"""
+    client = _gluster_client(point)
+    if client is None:
+        return []  # not found (another user's process hidden, or another client): the other checks decide
+    problems = []
+    missing = [option for option in _GLUSTER_CLIENT_OPTIONS if option not in client.cmdline()]
+    if missing:
+        problems.append(
+            f"the FUSE client runs without {' '.join(missing)}: the kernel caches names and data; "
+            f"to fix: {advice('glusterfs')}"
+        )
+    with contextlib.suppress(psutil.Error):
+        threads = sum(1 for task in Path(f"/proc/{client.pid}/task").iterdir() if _is_event_thread(task))
+        if 0 < threads < GLUSTER_EVENT_THREADS:
+            problems.append(
+                f"the FUSE client runs {threads} event threads: a job killed while its processes wait for the lock "
+                f"can hang it for good (gluster/glusterfs#4371); to fix: gluster volume set VOLUME "
+                f"client.event-threads {GLUSTER_EVENT_THREADS}"
+            )
+    return problems
+
+
+def _gluster_client(point: str) -> psutil.Process | None:
+    """:returns: the ``glusterfs`` FUSE client process whose mount point is *point*, if this user can see it"""
     for proc in psutil.process_iter(["name", "cmdline"]):
         argv = proc.info["cmdline"] or []
         if proc.info["name"] == "glusterfs" and argv and argv[-1].rstrip("/") == point.rstrip("/"):
-            return [option for option in _GLUSTER_CLIENT_OPTIONS if option not in argv]
-    return []  # not found (another user's process hidden, or another client): the visibility check decides
+            return proc
+    return None
+
+
+def _is_event_thread(task: Path) -> bool:
+    try:
+        return (task / "comm").read_text().startswith("glfs_epoll")
+    except OSError:
+        return False
 
 
 def _check_lock(first: Path, other: Side, *, fstype: str) -> Check:
