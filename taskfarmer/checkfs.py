@@ -206,8 +206,11 @@ def _checks(scratch: Path, other: Side | None, *, checked: Path, rounds: int) ->
     mount = mount_of(checked)
     yield Check("filesystem", None, _describe(mount, checked))
     yield _check_mount_options(mount)
-    yield _check_lock(scratch, other or LocalSide(scratch), fstype=mount.fstype)
-    if other is None:
+    lock = _check_lock(scratch, other or LocalSide(scratch), fstype=mount.fstype)
+    yield lock
+    if lock.passed is False:
+        yield Check("visibility", None, "not checked: it needs the lock")
+    elif other is None:
         yield Check("visibility", None, "not checked: give --peer DIR2 (another mount) or use --peer-serve/--peer-wait")
     else:
         yield _check_visibility(LocalSide(scratch), other, rounds=rounds, fstype=mount.fstype)
@@ -330,7 +333,25 @@ def _is_event_thread(task: Path) -> bool:
 
 def _check_lock(first: Path, other: Side, *, fstype: str) -> Check:
     """A process holds ``flock`` on a file; another (through *other*) must not get it, then get it once released."""
-    lock = first / "lock"
+    taken_while_held = _try_while_held(first / "lock", other)
+    if isinstance(taken_while_held, str):
+        return _lock_failed(taken_while_held, fstype)
+    if taken_while_held:
+        return _lock_failed("a second process took the lock while another held it (locks exclude nothing)", fstype)
+    start = time.monotonic()
+    while not other.try_lock():
+        if time.monotonic() - start > LOCK_WAIT:
+            return _lock_failed(f"the lock stayed taken {LOCK_WAIT:.0f} s after its holder released it", fstype)
+        time.sleep(0.01)
+    where = "" if other.where == str(first.parent) else f" (through {other.where})"
+    return Check("lock", True, f"a second process{where} could not take the lock while the first held it, then could")
+
+
+def _try_while_held(lock: Path, other: Side) -> bool | str:
+    """Have a child process hold *lock* while *other* tries it, then release it.
+
+    :returns: whether *other* took the lock meanwhile, or why the test could not be made
+    """
     lock.touch()
     holder = subprocess.Popen(  # noqa: S603  # this Python, a fixed script, a path we made
         [sys.executable, "-c", _HOLDER, str(lock)],
@@ -343,18 +364,13 @@ def _check_lock(first: Path, other: Side, *, fstype: str) -> Check:
         said = holder.stdout.readline().strip() if holder.stdout else ""
         if said != "locked":
             holder.kill()
-            return _lock_failed(f"flock failed: {said or holder.communicate()[1].strip()}", fstype)
-        taken_while_held = other.try_lock()
-        holder.communicate("release\n")
-    if taken_while_held:
-        return _lock_failed("a second process took the lock while another held it (locks exclude nothing)", fstype)
-    start = time.monotonic()
-    while not other.try_lock():
-        if time.monotonic() - start > LOCK_WAIT:
-            return _lock_failed(f"the lock stayed taken {LOCK_WAIT:.0f} s after its holder released it", fstype)
-        time.sleep(0.01)
-    where = "" if other.where == str(first.parent) else f" (through {other.where})"
-    return Check("lock", True, f"a second process{where} could not take the lock while the first held it, then could")
+            return f"flock failed: {said or holder.communicate()[1].strip()}"
+        try:
+            return other.try_lock()
+        except OSError as exc:
+            return f"flock through {other.where} failed: {exc}"
+        finally:
+            holder.communicate("release\n")
 
 
 # The holder: locks the file, says so, and keeps it until told to release it (or its stdin closes).
