@@ -204,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.add_argument("workdir", type=Path)
     log.add_argument("task", type=int)
     log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
+    check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
+    check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")
+    peer = check_fs.add_mutually_exclusive_group()
+    peer.add_argument("--peer", type=Path, help="the same directory through another mount point")
+    peer.add_argument("--peer-serve", action="store_true", help="check with a host that runs --peer-wait on DIR")
+    peer.add_argument("--peer-wait", action="store_true", help="answer the --peer-serve of another host on DIR")
     args = parser.parse_args(argv)
     handlers = {
         "run": _run,
@@ -212,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requeue": _requeue,
         "drain": _drain,
         "log": _log,
+        "check-fs": _check_fs,
     }
     return _guarded(handlers[args.verb], args)
 
@@ -277,6 +284,23 @@ def _log(args: argparse.Namespace) -> int:
 
     print_log(_existing_workdir(args), args.task, attempt=args.attempt, out=sys.stdout.buffer)
     return EXIT_OK
+
+
+def _check_fs(args: argparse.Namespace) -> int:
+    from taskfarmer import checkfs, checkfs_peer  # noqa: PLC0415  # imported for this command only
+
+    if args.peer_serve:
+        checks = checkfs_peer.serve(args.directory)
+    elif args.peer_wait:
+        checks = checkfs_peer.wait(args.directory)
+    else:
+        checks = checkfs.run_checks(args.directory, peer=args.peer)
+    failed = False
+    for check in checks:
+        sys.stdout.write(check.line() + "\n")
+        sys.stdout.flush()
+        failed = failed or check.passed is False
+    return EXIT_FAILED_TASKS if failed else EXIT_OK
 
 
 def _runners(args: argparse.Namespace) -> int:

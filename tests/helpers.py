@@ -135,6 +135,7 @@ def engine_available(name: str) -> str | None:
         "apptainer": lambda: None if shutil.which("apptainer") or shutil.which("singularity") else "not on PATH",
         "slurm": lambda: _command_probe(["sinfo", "-h"]),
         "htcondor": lambda: _command_probe(["condor_status", "-total"]),
+        "glusterfs": _glusterfs_probe,
     }
     return probes[name]()
 
@@ -147,6 +148,30 @@ def _command_probe(argv: list[str]) -> str | None:
     except subprocess.TimeoutExpired:
         return f"{argv[0]} did not answer within 20 s"
     return None if result.returncode == 0 else f"{argv[0]} failed: {result.stderr.strip()[:200]}"
+
+
+GLUSTER_MOUNTS: Final = (
+    "TASKFARMER_GLUSTER_SAFE_A",
+    "TASKFARMER_GLUSTER_SAFE_B",
+    "TASKFARMER_GLUSTER_CACHED_A",
+    "TASKFARMER_GLUSTER_CACHED_B",
+)
+GLUSTER_BRICKS: Final = ("TASKFARMER_GLUSTER_SAFE_BRICK", "TASKFARMER_GLUSTER_CACHED_BRICK")
+
+
+def _glusterfs_probe() -> str | None:
+    """The four mount points ``ci/glusterfs-up.sh`` exports are each a mounted GlusterFS volume; its bricks exist."""
+    mounts = {part.mountpoint: part.fstype for part in psutil.disk_partitions(all=True)}
+    for variable in GLUSTER_MOUNTS:
+        path = os.environ.get(variable)
+        if not path:
+            return f"${variable} is not set (eval the last line of ci/glusterfs-up.sh DIR)"
+        if mounts.get(path) != "fuse.glusterfs":
+            return f"${variable}={path} is not a mounted GlusterFS volume"
+    for variable in GLUSTER_BRICKS:
+        if not Path(os.environ.get(variable) or "/nonexistent").is_dir():
+            return f"${variable} is not set to a brick directory (eval the last line of ci/glusterfs-up.sh DIR)"
+    return None
 
 
 @functools.cache
@@ -169,9 +194,12 @@ def _docker_probe() -> str | None:
     return None
 
 
-def freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
+def freeze_then_kill(
+    find: Callable[[], list[psutil.Process]], *, while_frozen: Callable[[], object] | None = None
+) -> int:
     """Stop every process *find* returns until it finds no new one (none can react to another's death), then
-    SIGKILL them all: as if their node (host) was lost at once. :returns: how many processes were killed
+    SIGKILL them all: as if their node (host) was lost at once. *while_frozen* is called between the two (to look
+    at what they held at the instant they died). :returns: how many processes were killed
     """
     stopped: dict[int, psutil.Process] = {}
     while new := [proc for proc in find() if proc.pid not in stopped]:
@@ -179,6 +207,8 @@ def freeze_then_kill(find: Callable[[], list[psutil.Process]]) -> int:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGSTOP)
             stopped[proc.pid] = proc
+    if while_frozen is not None:
+        while_frozen()
     for proc in stopped.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
@@ -195,3 +225,23 @@ def throttled(predicate: Callable[[], bool], every: float = 0.5) -> Callable[[],
         return bool(last[1])
 
     return check
+
+
+def serve_and_wait(served: Path, waiting: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``check-fs SERVED --peer-serve`` and ``check-fs WAITING --peer-wait`` at once, as on two hosts.
+
+    :returns: the serving side (it prints the results), and what the waiting side printed
+    """
+    argv = [sys.executable, "-m", "taskfarmer", "check-fs"]
+    waiter = subprocess.Popen([*argv, str(waiting), "--peer-wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        server = subprocess.run(
+            [*argv, str(served), "--peer-serve"], capture_output=True, text=True, timeout=LONG, check=False
+        )
+        waited, _ = waiter.communicate(timeout=10)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+    assert waiter.returncode == 0, waited
+    return server, waited
