@@ -5,7 +5,8 @@ It mirrors a backing directory onto a mount point through FUSE (``mfusepy``: a m
 ctypes over libfuse 3, so it needs no compiler; pyfuse3 would need trio and a build). Every request it serves
 (lookup and attributes included, file locks too) first sleeps ``--delay-ms``, as a round trip to a Lustre or NFS
 server does, and is counted by its kind. The kernel caches names for a second and attributes not at all, and drops
-a file's cached pages at every open: what NFS's close-to-open consistency gives a client. ``flock`` goes through
+a file's cached pages at every open: what NFS's close-to-open consistency gives a client. A close is no request
+(FUSE's FLUSH is declined once, as NFS sends nothing to close a file without dirty data). ``flock`` goes through
 the filesystem (a request, delayed and counted; a granted exclusive lock is a "lock acquisition"), so that
 processes locking one file through it exclude each other as on a shared filesystem.
 
@@ -147,8 +148,10 @@ class LatencyFS(mfusepy.Operations):  # type: ignore[misc]  # mfusepy has no typ
         return 0
 
     def flush(self, path: str, fh: int) -> int:
-        self._serve("flush")
-        return 0
+        # FUSE asks at every close() of a descriptor (a task's inherited stdout too); NFS sends nothing on closing a
+        # file without dirty data, and its dirty data arrive here as writes. Answered "not implemented" once, after
+        # which the kernel sends no more.
+        raise mfusepy.FuseOSError(errno.ENOSYS)
 
     def release(self, path: str, fh: int) -> int:
         self._serve("release")

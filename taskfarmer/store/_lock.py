@@ -8,6 +8,7 @@ filesystem every open is a metadata operation, and HPC centres count them.
 from __future__ import annotations
 
 import os
+import random
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 POLL_FIRST: Final = 0.0005
-POLL_MAX: Final = 0.02  # each try is a lock request to the server on NFS: back off, do not hammer it
+# Each try is a lock request to the server on a shared filesystem: back off, and jitter, so that dozens of workers
+# waiting on one lock do not poll in step (their batches make a longer wait cheap: a worker waits once per batch).
+POLL_MAX: Final = 0.1
 
 
 class LockTimeoutError(TimeoutError):
@@ -55,7 +58,7 @@ class DescriptorLock:
             if time.monotonic() > deadline:
                 msg = f"{self.path} stayed locked for {timeout:.0f} s"
                 raise LockTimeoutError(msg)
-            time.sleep(poll)
+            time.sleep(poll * random.uniform(0.5, 1.5))  # noqa: S311  # jitter, not cryptography
             poll = min(poll * 2, POLL_MAX)
 
     def release(self) -> None:
