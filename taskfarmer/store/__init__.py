@@ -602,18 +602,43 @@ class WorkDir:
         :param me: the calling farmer, never presumed dead (its own dead workers are recovered)
         :returns: the tasks put back
         """
+        if not self._anything_dead(me):
+            return []  # the usual case, found without the lock: nothing to recover
 
         def change() -> list[Task]:
             farmers = self.read_farmers()
             returned: list[Task] = []
             for slot_path in sorted(self.running.iterdir()):
-                returned.extend(self._recover_slot(slot_path, farmers, me))
+                if self._worth_a_look(slot_path, farmers, me):
+                    returned.extend(self._recover_slot(slot_path, farmers, me))
             for name, (record, age) in farmers.items():
                 if name != me and self._farmer_dead(record, age) and not self._slot_files(name):
                     self._forget(record)
             return returned
 
         return self._transaction(change)
+
+    def _anything_dead(self, me: str | None) -> bool:
+        """:returns: whether a farmer, or a worker of *me*, looks dead (read without the lock, to spare it)"""
+        farmers = self.read_farmers()
+        if any(name != me and self._farmer_dead(*farmer) for name, farmer in farmers.items()):
+            return True
+        for slot_path in self.running.iterdir():
+            if not self._worth_a_look(slot_path, farmers, me):
+                continue
+            view = _slots.read(slot_path)
+            farmer_name = slot_path.name.rpartition(".")[0]
+            if farmer_name != me or (view is not None and not view.holder.is_alive_locally()):
+                return True
+        return False
+
+    def _worth_a_look(self, slot_path: Path, farmers: dict[str, tuple[FarmerRecord, float]], me: str | None) -> bool:
+        """:returns: whether the slot may need recovering: a live farmer's slots are its own business (but for
+        *me*: its workers may have died), so they are not even read
+        """
+        farmer_name = slot_path.name.rpartition(".")[0]
+        farmer = farmers.get(farmer_name)
+        return farmer is None or farmer_name == me or self._farmer_dead(*farmer)
 
     def _forget(self, record: FarmerRecord) -> None:
         workers = max(self._journal.state.workers - record.workers, 0)
