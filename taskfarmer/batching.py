@@ -41,5 +41,5 @@ class BatchSizer:
             return 1  # nothing known yet: the first task tells how long tasks take
         target = min(max(_LOCK_SHARE * lock_seconds, _MIN_TARGET), _MAX_TARGET)
         by_time = target / max(self._seconds_per_task, 1e-4)
-        by_share = queue_left / max(workers, 1)
+        by_share = queue_left / (2 * max(workers, 1))
         return int(max(1, min(by_time, by_share, MAX_BATCH)))
