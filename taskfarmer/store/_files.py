@@ -40,16 +40,20 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 def write_at(path: Path, offset: int, data: bytes) -> None:
-    """Make *path* end with *data* at *offset*: idempotent, so a journal can replay it.
+    """Make *path* end with *data* at *offset* (a rewrite from 0, or an append at its recorded end): idempotent, so a
+    journal can replay it.
 
     :param path: the file, created when missing
-    :param offset: where *data* starts; whatever was beyond it is cut off
-    :param data: the bytes to write (empty: just cut the file at *offset*)
+    :param offset: where *data* starts: 0 (whatever was beyond *data* is cut off), or the file's recorded end
+    :param data: the bytes to write (empty at 0: empty the file)
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         pwrite_all(fd, data, offset)
-        os.ftruncate(fd, offset + len(data))
+        if offset == 0:
+            # A rewrite. Past offset 0 a write is an append at a size the journal recorded, or its replay: nothing
+            # can lie beyond it, and the cut would be one more request to a shared filesystem's server.
+            os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 
