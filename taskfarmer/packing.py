@@ -17,7 +17,7 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -101,16 +101,18 @@ class ResourcePool:
 class _Locked:
     """An exclusive ``flock`` on a node-local file, released by the kernel if its holder dies."""
 
+    _descriptors: ClassVar[dict[Path, int]] = {}  # one per file and process: opened once
+
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd = -1
+        self._fd = self._descriptors.get(path, -1)
+        if self._fd < 0:
+            self._fd = self._descriptors[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def __enter__(self) -> None:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def __exit__(self, *_: object) -> None:
-        os.close(self._fd)  # releases the lock
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def cpu_set(cores: tuple[int, ...], cpus: list[int]) -> set[int]:

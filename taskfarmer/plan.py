@@ -86,24 +86,29 @@ def bound(plan: TaskPlan, allocation: Allocation) -> Iterator[None]:
     """Give the task its runner's variables and, when its directive asks for them, its cores and GPUs.
 
     The worker runs one task at a time, and its children inherit its environment and CPU affinity: both are set
-    here for the task, and put back afterwards.
+    here for the task, and put back afterwards (only what was changed: most tasks change nothing).
     """
-    saved = dict(os.environ)
-    affinity = _affinity()
-    os.environ.update(plan.variables)
+    changes = dict(plan.variables)
+    affinity: set[int] = set()
     if "cores" in plan.directive.given:
         cores = str(len(allocation.cores))
         slots = ",".join(str(core) for core in allocation.cores)
-        os.environ.update({"OMP_NUM_THREADS": cores, "TASKFARMER_CORES": cores, "TASKFARMER_CORE_SLOTS": slots})
-        if affinity:
-            os.sched_setaffinity(0, cpu_set(allocation.cores, sorted(affinity)))
+        changes.update(OMP_NUM_THREADS=cores, TASKFARMER_CORES=cores, TASKFARMER_CORE_SLOTS=slots)
+        affinity = _affinity()
     if allocation.gpus:
-        os.environ.update(dict.fromkeys(GPU_VARIABLES, ",".join(allocation.gpus)))
+        changes.update(dict.fromkeys(GPU_VARIABLES, ",".join(allocation.gpus)))
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    if affinity:
+        os.sched_setaffinity(0, cpu_set(allocation.cores, sorted(affinity)))
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if affinity:
             os.sched_setaffinity(0, affinity)
 
