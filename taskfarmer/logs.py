@@ -27,6 +27,7 @@ FILES: Final = "files"
 STREAM: Final = "stream"
 MODES: Final = (FILES, STREAM)
 _COPY_BLOCK: Final = 1 << 20
+_BUFFER: Final = 1 << 16
 
 
 @dataclass
@@ -67,7 +68,10 @@ class TaskLogs:
         while True:
             path = self._directory / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
             with contextlib.suppress(FileExistsError):
-                return TaskLog(attempt, path.open("x", encoding="utf-8", errors="replace"), path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                # A buffer size given: no isatty() probe of a file that cannot be one.
+                handle = open(fd, "w", buffering=_BUFFER, encoding="utf-8", errors="replace")  # noqa: PTH123, SIM115
+                return TaskLog(attempt, handle, path)
             attempt += 1
 
     def _open_in_stream(self, taskid: int, attempt: int) -> TaskLog:

@@ -55,7 +55,7 @@ class TaskWatcher:
         self._timeout = timeout
         self._memory = memory
         self._condition = threading.Condition()
-        self._running = threading.Event()
+        self._running = False
         self._terminating = False
         self._killed_for: str | None = None
         self._task_runner = runner
@@ -76,7 +76,7 @@ class TaskWatcher:
             self._killed_for = None
             self._peak_rss = 0
             self._deadline = time.monotonic() + self._timeout if self._timeout else 0.0
-            self._running.set()
+            self._running = True
 
     def task_ended(self) -> Verdict:
         """Stop watching; wait for a kill under way, whose reason decides what happens to the task.
@@ -84,16 +84,17 @@ class TaskWatcher:
         :returns: why the task was killed, if it was
         """
         with self._condition:
-            self._running.clear()
+            self._running = False
             self._condition.wait_for(lambda: not self._terminating)
             return Verdict(self._killed_for, self._peak_rss // 1024)
 
     def _watch(self) -> None:
+        # A look every WATCH_INTERVAL whether a task runs or not: waking this thread at each task's start would cost
+        # more, on a farm of short tasks, than a few idle looks a second.
         while True:
-            self._running.wait()
             time.sleep(WATCH_INTERVAL)
             with self._condition:
-                reason = self._reason() if self._running.is_set() else None
+                reason = self._reason() if self._running else None
                 if reason is None:
                     continue
                 self._terminating = True
