@@ -68,6 +68,7 @@ class Catalog:
     kind: Kind
     definitions: dict[str, Definition] = field(default_factory=dict)
     broken: list[str] = field(default_factory=list)
+    keyless: dict[str, str] = field(default_factory=dict)  # sections without the class key: section -> what they hold
 
     def get(self, name: str) -> Definition:
         """:returns: the definition called *name*
@@ -75,6 +76,12 @@ class Catalog:
         """
         if name in self.definitions:
             return self.definitions[name]
+        if name in self.keyless:
+            msg = (
+                f"[{name}] {self.keyless[name]} has no '{self.kind.class_key} =' key, so it defines no"
+                f" {self.kind.noun}: name its class with {self.kind.class_key} = (a misspelt key?)."
+            )
+            raise UnknownDefinitionError(msg)
         known = ", ".join(sorted(self.definitions))
         msg = f"Unknown {self.kind.noun} '{name}'. Defined: {known}."
         if self.broken:
@@ -109,7 +116,9 @@ def _read_file(catalog: Catalog, path: Path) -> None:
         options = dict(parser[section])
         class_name = options.pop(catalog.kind.class_key, None)
         if class_name is None:
-            continue  # another kind of definition (a tasklist handler in a runner file, or vice versa)
+            # Another kind of definition (a tasklist handler in a runner file...), or a misspelt class key.
+            catalog.keyless[section] = f"in {path} (keys: {', '.join(options) or 'none'})"
+            continue
         if section in catalog.definitions and catalog.definitions[section].source != BUILTIN:
             _LOGGER.info(
                 "%s [%s] of %s overrides %s", catalog.kind.noun, section, path, catalog.definitions[section].source

@@ -142,11 +142,12 @@ class CommandRunner(Runner):
         """Run the task, wait for it, and end whatever it left running in the background."""
         self.last_usage = None
         cwd = self._make_tempdir(taskid)
-        argv = self.command(self.script(command))
+        script = self.script(command)
+        argv = self.command(script)
         try:
             with self._lock:
                 self._key = f"{os.getpid()}.{next(_keys)}"
-                self._proc = process.start(argv, cwd=cwd, env=self.environment(), output=logfh)
+                self._proc = self._start(argv, script, cwd=cwd, output=logfh)
             returncode = self._proc.wait()
         except OSError as exc:
             # Worded and numbered as bash reports it: the line may have been executed without bash (BasicRunner).
@@ -160,6 +161,11 @@ class CommandRunner(Runner):
             self._end_leftovers()
             if cwd is not None:
                 shutil.rmtree(cwd, ignore_errors=True)
+
+    def _start(self, argv: list[str], script: str, *, cwd: str | None, output: IO[str]) -> process.TaskProcess:
+        """Start the task's process (a subclass may start it otherwise when *argv* cannot run)."""
+        del script  # the argv says it all here
+        return process.start(argv, cwd=cwd, env=self.environment(), output=output)
 
     def _end_leftovers(self) -> None:
         # Most tasks leave nothing behind: two cheap checks spare the scan of every process on the node.
@@ -209,10 +215,22 @@ class CommandRunner(Runner):
 
 
 def _parse_tempdir(value: str) -> str | None:
-    """``true`` -> ``""`` (the default temporary area), ``false`` -> ``None``, anything else: the parent directory."""
+    """``true`` -> ``""`` (the default temporary area), ``false`` -> ``None``, anything else: the parent directory.
+
+    :raises ValueError: for a value that is neither a yes/no nor an existing directory (checked when the farmer
+        starts: not every task failing later)
+    """
     lowered = value.strip().lower()
-    if lowered in {"", "false", "no", "off", "0"}:
+    if lowered in _NO:
         return None
-    if lowered in {"true", "yes", "on", "1"}:
+    if lowered in _YES:
         return ""
-    return str(Path(os.path.expandvars(value.strip())).expanduser())
+    directory = Path(os.path.expandvars(value.strip())).expanduser()
+    if not directory.is_dir():
+        msg = f"tempdir must be true, false or an existing directory, not {value!r}"
+        raise ValueError(msg)
+    return str(directory)
+
+
+_YES: Final = frozenset({"true", "yes", "on", "1"})
+_NO: Final = frozenset({"", "false", "no", "off", "0"})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Final
+import shutil
+from typing import IO, Final
 
+from taskfarmer import process
 from taskfarmer.runners.base import CommandRunner
 
 # A line made only of these characters has no shell syntax at all: no quotes, expansions, globs, redirections,
@@ -18,7 +20,7 @@ _BASH_WORDS_TEXT: Final = (
     " done echo elif else enable esac eval exec exit export fc fg fi for function getopts hash help history if in"
     " jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return select set shift"
     " shopt"
-    " source suspend test then time times trap type typeset ulimit umask unalias unset until wait while"
+    " source suspend test then time times trap type typeset ulimit umask unalias unset until wait while . : coproc"
 )
 _BASH_WORDS: Final = frozenset(_BASH_WORDS_TEXT.split())
 
@@ -27,15 +29,30 @@ class BasicRunner(CommandRunner):
     """Runs each task line with ``bash -c`` (full shell syntax: pipes, quotes, ``&&``, redirections).
 
     Always available under the name ``default``. Options: those of :class:`CommandRunner`.
-    A line with no shell syntax at all (``prog --seed 5 out.root``) is executed directly, exactly as bash
-    would do after parsing it: the task is the same, minus bash's ~1 ms of start-up.
+    A line with no shell syntax at all (``prog --seed 5 out.root``) is executed directly, as bash itself does after
+    parsing such a line (``bash -c`` execs a lone simple command in place of itself): the program gets the same
+    arguments and environment (``$_`` is its path), minus bash's ~1 ms of start-up. When the program cannot be
+    executed that way (not found, not executable, a script without ``#!``), the line goes to bash after all, which
+    runs it or reports it in its own words and exit status.
     """
 
     def command(self, script: str) -> list[str]:
         """:returns: ``[shell, "-c", script]``, or the words of a plain command line"""
-        if self.shell == "bash" and not self.setup and _is_plain(script):
+        if self.shell == "bash" and not self.setup and self.tempdir is None and _is_plain(script):
             return script.split()
         return super().command(script)
+
+    def _start(self, argv: list[str], script: str, *, cwd: str | None, output: IO[str]) -> process.TaskProcess:
+        direct = argv[:2] != [self.shell, "-c"]
+        if not direct:
+            return super()._start(argv, script, cwd=cwd, output=output)
+        program = shutil.which(argv[0], path=os.environ.get("PATH")) if "/" not in argv[0] else argv[0]
+        if program is None:
+            return super()._start(super().command(script), script, cwd=cwd, output=output)  # bash says it
+        try:
+            return process.start(argv, cwd=cwd, env={**self.environment(), "_": program}, output=output)
+        except OSError:
+            return super()._start(super().command(script), script, cwd=cwd, output=output)
 
 
 def _is_plain(line: str) -> bool:

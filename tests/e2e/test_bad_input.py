@@ -75,6 +75,14 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], tuple[str, ...]]] = {
     "directory as tasklist": (_tasklist_path(lambda tmp: tmp), ("is a directory",)),
     "empty tasklist": (_tasklist_path(lambda tmp: write_tasklist(tmp / "e.txt", [])), ("has no tasks",)),
     "only comments": (_tasklist_path(lambda tmp: write_tasklist(tmp / "c.txt", ["# x", "", "  "])), ("has no tasks",)),
+    "misspelt Runner key": (
+        _with_runner_ini("[mcc]\nRuner = ShifterRunner\nimage = docker:x\n", "-r", "mcc"),
+        ("[mcc]", "bad.ini", "keys: Runer, image", "no 'Runner =' key"),
+    ),
+    "bad option value": (
+        _with_runner_ini("[default]\nRunner = BasicRunner\ntempdir = yes please\n"),
+        ("[default]", "bad.ini", "tempdir must be true, false or an existing directory", "'yes please'"),
+    ),
     "unknown runner": (
         _with_runner_ini("[gpu]\nRunner = BasicRunner\n", "-r", "mcc"),
         ("Unknown runner 'mcc'", "Defined: default, gpu"),
