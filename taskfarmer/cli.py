@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -34,6 +35,7 @@ EXIT_USAGE: Final = 2
 EXIT_STOPPED: Final = 3
 EXIT_BROKEN: Final = 4
 EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -233,6 +235,11 @@ def _guarded(command: object, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`taskfarmer status --json WD | head`): stop quietly, as cat or grep do. Python's
+        # own flush of stdout at exit would otherwise fail again, with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _configure_logging(verbose: int) -> None:

@@ -245,3 +245,20 @@ def test_a_task_that_kills_its_farmer_every_time_ends_as_lost_and_the_rest_finis
     assert sorted(ids(workdir / "finished")) == [0, 1, 2, 4, 5, 6, 7]
     statuses_in_accounting = [line.split("\t")[2] for line in lines(workdir / "accounting.tsv")[1:]]
     assert statuses_in_accounting.count("lost") == 3
+
+
+@pytest.mark.timeout(60)
+def test_output_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["head -c 2000000 /dev/zero | tr '\\0' x"])
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "taskfarmer", "log", str(tmp_path / "t.txt_workdir"), "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    assert reader.stdout.read(10) == b"x" * 10
+    reader.stdout.close()  # as `| head -c 10` does, long before the 2 MB log is written out
+    _, stderr = reader.communicate(timeout=LONG)
+    assert stderr == b""
+    assert reader.returncode == 141
