@@ -127,11 +127,14 @@ def check_unchanged(tasklist: Path, state: TaskListState, source: IO[bytes]) -> 
         )
         raise TaskListError(msg)
     if stat.st_size > state.size and not state.ends_with_newline:
-        msg = (
-            f"Tasklist {tasklist}: line {state.lines} (its last line, with no newline) was extended. Restore it and"
-            " append new tasks on lines of their own."
-        )
-        raise TaskListError(msg)
+        # Its last line had no newline: what follows must start with one (the line ends, new lines may follow).
+        if source.read(1) != b"\n":
+            msg = (
+                f"Tasklist {tasklist}: line {state.lines} (its last line, with no newline) was extended. Restore it"
+                " and append new tasks on lines of their own."
+            )
+            raise TaskListError(msg)
+        digest.update(b"\n")
     return digest
 
 

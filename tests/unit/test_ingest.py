@@ -110,6 +110,23 @@ def test_extending_a_last_line_without_newline_is_refused(tmp_path: Path) -> Non
         store.sync_tasklist(tasklist)
 
 
+def test_a_last_line_without_newline_can_get_its_newline_then_new_lines(tmp_path: Path) -> None:
+    store, tasklist = _store(tmp_path, "a\nb")
+    tasklist.write_text("a\nb\n")  # its newline, alone
+    assert store.sync_tasklist(tasklist) is not None
+    assert store.toprocess.read_text() == "1 b\n0 a\n"
+    tasklist.write_text("a\nb\nc\nd\n")  # then lines
+    store.sync_tasklist(tasklist)
+    assert store.toprocess.read_text() == "3 d\n2 c\n1 b\n0 a\n"
+
+
+def test_a_newline_and_lines_appended_at_once_to_a_last_line_without_newline(tmp_path: Path) -> None:
+    store, tasklist = _store(tmp_path, "a\nb")
+    tasklist.write_text("a\nb\nc\n")
+    store.sync_tasklist(tasklist)
+    assert store.toprocess.read_text() == "2 c\n1 b\n0 a\n"
+
+
 def test_state_round_trips() -> None:
     state = TaskListState(size=3, lines=2, sha256="ab", mtime_ns=5, ends_with_newline=True)
     assert TaskListState.from_json(state.to_json()) == state
