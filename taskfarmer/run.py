@@ -46,6 +46,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
     store.max_lost = args.max_lost
     if why := store.stale_mark():
         raise WorkDirError(why)
+    store.check_not_foreign()
     if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
         runner_object.preflight(workdir=workdir)
     store.create()

@@ -199,6 +199,24 @@ class WorkDir:
             _remove_empty(made)
             raise
 
+    def check_not_foreign(self) -> None:
+        """Refuse a work directory that another tool made (PyTaskFarmer 0.1.0 writes the same state files).
+
+        PyTaskFarmer numbers tasks by counting non-comment lines, and its ``failed`` has no status column: taking
+        its files over would run finished tasks again and misread the failed ones.
+
+        :raises WorkDirError: naming what was found and what to do
+        """
+        state_files = [self.toprocess, self.finished, self.failed]
+        if self._state.exists() or not any(_files.size(path) for path in state_files):
+            return
+        msg = (
+            f"Work directory {self.path} holds toprocess/finished/failed but no tasklist.json: it was made by another"
+            " tool (PyTaskFarmer 0.1.0?), whose task numbers differ from this version's. Use a new --workdir (see"
+            " 'Coming from PyTaskFarmer' in the README)."
+        )
+        raise WorkDirError(msg)
+
     def _check_lock_agreement(self) -> None:
         """Make sure every farmer of this work directory locks the same file: the first one records which.
 

@@ -59,6 +59,20 @@ def _with_file(name: str, text: str, *args: str) -> Callable[[Path, Path], list[
     return make
 
 
+def _ptf_workdir(tmp: Path) -> list[str]:
+    """What PyTaskFarmer 0.1.0 leaves in TASKLIST_workdir: its state files (``ID TASK``, IDs counted without
+    comments and blank lines) and a lock file; no tasklist.json.
+    """
+    tasklist = write_tasklist(tmp / "t.txt", ["# a comment", "echo a", "echo b", "exit 2", "echo c"])
+    workdir = tmp / "t.txt_workdir"
+    workdir.mkdir()
+    (workdir / "toprocess").write_text("3 echo c\n")
+    (workdir / "finished").write_text("0 echo a\n1 echo b\n")
+    (workdir / "failed").write_text("2 exit 2\n")
+    (workdir / "lock").write_text("")
+    return [str(tasklist)]
+
+
 def _just(*args: str) -> Callable[[Path, Path], list[str]]:
     def make(tmp: Path, _home: Path) -> list[str]:
         return [*args, _tasks(tmp)]
@@ -128,6 +142,15 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case: str, tmp_path: Pa
     _assert_one_clear_line(result.stderr, *needles)
     assert _snapshot(tmp_path) == before, "bad input changed files"
     assert not any(p.name.endswith("_workdir") for p in tmp_path.iterdir())
+
+
+def test_a_pytaskfarmer_work_directory_is_refused_untouched(tmp_path: Path) -> None:
+    args = _ptf_workdir(tmp_path)
+    before = _snapshot(tmp_path)
+    result = run_farmer(Path(args[-1]), "-n", "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    _assert_one_clear_line(result.stderr, "t.txt_workdir", "no tasklist.json", "PyTaskFarmer")
+    assert _snapshot(tmp_path) == before, "bad input changed files"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: an unreadable tasklist cannot be made")
