@@ -208,7 +208,7 @@ class WorkDir:
         :raises WorkDirError: naming what was found and what to do
         """
         state_files = [self.toprocess, self.finished, self.failed]
-        if self._state.exists() or not any(_files.size(path) for path in state_files):
+        if not self.path.is_dir() or self._state.exists() or not any(_files.size(path) for path in state_files):
             return
         msg = (
             f"Work directory {self.path} holds toprocess/finished/failed but no tasklist.json: it was made by another"
