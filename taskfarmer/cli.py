@@ -177,8 +177,32 @@ def _run_parser(prog: str) -> _Parser:
 
 def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
     """``pytaskfarmer.py [options] tasklist``: run a tasklist."""
-    args = _run_parser("pytaskfarmer.py").parse_args(argv)
+    args = _run_parser("pytaskfarmer.py").parse_args(_ptf_verbose(sys.argv[1:] if argv is None else list(argv)))
     return _guarded(_run, args)
+
+
+_PTF_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_PTF_FALSE: Final = frozenset({"false", "0", "no", "off"})
+
+
+def _ptf_verbose(argv: list[str]) -> list[str]:
+    """PyTaskFarmer's ``-v``/``--verbose`` took a value (``-v True``, ``-v 1``): read it as ``-v``, or as nothing
+    for a false one, so that its users' job scripts run unchanged.
+    """
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word not in {"-v", "--verbose"}:
+            out.append(word)
+            continue
+        value = next(words, None)
+        if value is None or value.lower() not in _PTF_TRUE | _PTF_FALSE:
+            out.append(word)
+            if value is not None:
+                out.append(value)
+        elif value.lower() in _PTF_TRUE:
+            out.append(word)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer.add_argument("--peer", type=Path, help="the same directory through another mount point")
     peer.add_argument("--peer-serve", action="store_true", help="check with a host that runs --peer-wait on DIR")
     peer.add_argument("--peer-wait", action="store_true", help="answer the --peer-serve of another host on DIR")
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if not words:
+        parser.print_help(sys.stderr)  # rather than "the following arguments are required: verb"
+        return EXIT_USAGE
+    args = parser.parse_args(_ptf_verbose(words) if words[:1] == ["run"] else words)
     handlers = {
         "run": _run,
         "status": _status,

@@ -263,3 +263,18 @@ def test_workers_that_keep_dying_stop_the_farmer_with_its_own_status(tmp_path: P
     assert result.returncode == 4, result.stderr
     assert "workers keep dying" in result.stderr
     assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1, 2]  # nothing lost
+
+
+@pytest.mark.parametrize(
+    ("flag", "verbose"), [(["-v", "True"], True), (["-v", "1"], True), (["--verbose", "False"], False)]
+)
+def test_pytaskfarmers_verbose_with_a_value_is_accepted(tmp_path: Path, flag: list[str], verbose: bool) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["echo hi"])
+    result = run_farmer(tasklist, *flag, "-n", "1")
+    assert result.returncode == 0, result.stderr
+    assert ("task 0 started" in result.stderr) is verbose
+
+
+def test_taskfarmer_alone_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: taskfarmer" in capsys.readouterr().err
