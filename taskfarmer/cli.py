@@ -282,6 +282,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _existing_workdir(args: argparse.Namespace) -> WorkDir:
+    beside = Path(f"{args.workdir}_workdir")
+    if args.workdir.is_file() and (beside / "toprocess").is_file():
+        args.workdir = beside  # a tasklist given: its default work directory, as the farmer names it
     if not (args.workdir / "toprocess").is_file():
         msg = f"{args.workdir} is not a pytaskfarmer work directory (it has no toprocess file)."
         raise WorkDirError(msg)

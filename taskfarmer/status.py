@@ -168,22 +168,29 @@ def _text(report: StatusReport) -> str:
         ),
     ]
     if report.rate_per_s:
-        eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s else ""
+        alive = any(str(f["state"]).startswith("alive") for f in report.farmers)
+        eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s and alive else ""
         lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
-        f"  failed   task {f['task']} ({f['status']}): {str(f['command'])[:60]}  log: {f['log']}" for f in report.failed
+        f"  failed   task {f['task']} ({f['status']}): {_cut(f['command'])}  log: {f['log']}" for f in report.failed
     ]
     if report.failed_not_shown:
         lines.append(f"  ... and {report.failed_not_shown} more failed tasks: see {report.workdir}/failed")
     lines += [
         (
-            f"  running  task {r['task']} on {r['host']} worker {r['worker']}"
-            f" for {format_duration(float(str(r['age_s'])))}: {str(r['command'])[:60]}"
+            f"  running  task {r['task']} on {r['host']} ({r['farmer']} worker {r['worker']})"
+            f" for {format_duration(float(str(r['age_s'])))}: {_cut(r['command'])}"
         )
         for r in report.running
     ]
     lines += [f"  farmer   {f['name']}: {f['workers']} workers, {f['state']}" for f in report.farmers]
     return "\n".join(lines) + "\n"
+
+
+def _cut(command: object, width: int = 60) -> str:
+    """:returns: *command* on at most *width* characters, an ellipsis saying when it was cut"""
+    text = str(command)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def format_duration(seconds: float | None) -> str:

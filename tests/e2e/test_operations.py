@@ -262,3 +262,32 @@ def test_output_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
     _, stderr = reader.communicate(timeout=LONG)
     assert stderr == b""
     assert reader.returncode == 141
+
+
+@pytest.mark.timeout(60)
+def test_status_of_a_tasklist_cuts_long_commands_visibly_and_gives_no_eta_without_farmers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long_failure = "exit 1 # " + "x" * 100
+    tasklist = write_tasklist(tmp_path / "t.txt", [long_failure, *["true"] * 5, "sleep 30"])
+    farmer = start_farmer(tasklist, "-n", "2")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        wait_for(lambda: (workdir / "running").exists(), what="the work directory")
+        wait_for(lambda: WorkDir(workdir).counts().finished == 5, what="the short tasks done")
+        wait_for(lambda: len(_running(workdir)) == 1, what="the long task running")
+        assert main(["status", str(tasklist)]) == 0  # the tasklist: its work directory is found
+        text = capsys.readouterr().out
+        assert text.startswith(f"{workdir}:")
+        assert "x" * 50 + "…" in text
+        assert "rate" in text
+        assert "ETA" in text
+        running = next(line for line in text.splitlines() if line.lstrip().startswith("running"))
+        farmer_name = next(iter(WorkDir(workdir).read_farmers()))
+        assert f"({farmer_name} worker " in running
+        os.killpg(farmer.pid, signal.SIGKILL)
+        farmer.wait(timeout=LONG)
+    assert main(["status", str(workdir)]) == 0
+    text = capsys.readouterr().out
+    assert "dead (process gone)" in text
+    assert "ETA" not in text  # nobody works on it
