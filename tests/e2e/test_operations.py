@@ -273,7 +273,7 @@ def test_status_of_a_tasklist_cuts_long_commands_visibly_and_gives_no_eta_withou
     farmer = start_farmer(tasklist, "-n", "2")
     workdir = tmp_path / "t.txt_workdir"
     with cleanup(farmer):
-        wait_for(lambda: (workdir / "running").exists(), what="the work directory")
+        wait_for((workdir / "running").exists, what="the work directory")
         wait_for(lambda: WorkDir(workdir).counts().finished == 5, what="the short tasks done")
         wait_for(lambda: len(_running(workdir)) == 1, what="the long task running")
         assert main(["status", str(tasklist)]) == 0  # the tasklist: its work directory is found
