@@ -7,13 +7,16 @@ The only module that prints errors and picks exit statuses:
     2  bad input: nothing ran, nothing changed
     3  stopped early (signal, --timeout, drain, --max-failures, end of the allocation): running tasks went back
        to the queue; run the same command again to go on
-    4  stopped because its workers kept dying (a broken runner or environment): fix it before running again
+    4  stopped because its workers kept dying (a broken runner or environment), or this node sees a stale view of
+       the work directory: fix it before running again
     130  stopped at once by a second Ctrl-C
+    141  the reader of its output went away (| head)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -170,9 +173,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_parser(prog: str) -> _Parser:
-    parser = _Parser(prog=prog, description="Run every command of a tasklist once, with N workers, crash-safe.")
+    parser = _Parser(
+        prog=prog,
+        description="Run every command of a tasklist once, with N workers, crash-safe.",
+        epilog=_run_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_run_arguments(parser)
+    _add_version(parser)
     return parser
+
+
+def _run_epilog() -> str:
+    runners = config.home() / "runners.d"
+    statuses = (__doc__ or "").split("exit statuses:", 1)[-1].strip("\n")
+    return f"Runners (-r) are defined in {runners}/*.ini (taskfarmer runners lists them).\n\nExit statuses:\n{statuses}"
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('pytaskfarmer')}")
 
 
 def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
@@ -208,27 +227,34 @@ def _ptf_verbose(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``taskfarmer run|status|runners``."""
     parser = _Parser(prog="taskfarmer", description="Crash-safe task farmer for HPC and batch clusters.")
+    _add_version(parser)
     commands = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
-    add_run_arguments(commands.add_parser("run", help="run a tasklist (same as pytaskfarmer.py)"))
+    run = commands.add_parser(
+        "run",
+        help="run a tasklist (same as pytaskfarmer.py)",
+        epilog=_run_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_run_arguments(run)
     status = commands.add_parser("status", help="show the state of a work directory (also while farmers run)")
-    status.add_argument("workdir", type=Path)
+    status.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     status.add_argument("--json", action="store_true", help="as JSON, for scripts")
     runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
     runners.add_argument("name", nargs="?", help="show this runner: its definition and what a task would run")
     runners.add_argument("--command", default="echo hello $PROC_NUMBER", help="the task line of the dry run")
     requeue = commands.add_parser("requeue", help="put failed tasks (or tasks of dead farmers) back in the queue")
-    requeue.add_argument("workdir", type=Path)
+    requeue.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     requeue.add_argument("--status", action="append", default=[], help="only failed tasks with this status (exit:*)")
     requeue.add_argument("--id", dest="ids", type=int, action="append", default=[], help="only this task (repeatable)")
     requeue.add_argument("--dead", action="store_true", help="the tasks of farmers known to be dead")
     requeue.add_argument("--farmer", action="append", default=[], help="the tasks of this farmer, alive or not")
-    requeue.add_argument("--lockdir", type=Path)
+    requeue.add_argument("--lockdir", type=Path, help="the farmers' --lockdir (default: the one they recorded)")
     drain = commands.add_parser("drain", help="make the farmers of a work directory finish their tasks and exit")
-    drain.add_argument("workdir", type=Path)
+    drain.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     drain.add_argument("--cancel", action="store_true", help="stop draining: farmers claim tasks again")
     log = commands.add_parser("log", help="print the log of a task")
-    log.add_argument("workdir", type=Path)
-    log.add_argument("task", type=int)
+    log.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    log.add_argument("task", type=int, help="the task ID (its line number, from 0)")
     log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
     check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
     check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")

@@ -110,9 +110,25 @@ def _find(store: WorkDir, taskid: int, attempt: int | None) -> str:
             found = f"logs/{path.name}"
     if found is None:
         which = f"attempt {attempt} of task {taskid}" if attempt else f"task {taskid}"
-        msg = f"No log of {which} in {store.path}: it has not run yet, or runs now in stream mode."
+        if not _is_a_task(store, taskid):
+            msg = (
+                f"No log of {which} in {store.path}: there is no task {taskid} (line {taskid + 1} of the tasklist"
+                " is blank or a comment, or beyond its end)."
+            )
+        else:
+            msg = f"No log of {which} in {store.path}: it has not run yet, or runs now in stream mode."
         raise TaskFarmerError(msg)
     return found
+
+
+def _is_a_task(store: WorkDir, taskid: int) -> bool:
+    """:returns: whether *taskid* is in any state of the work directory (a blank or comment line is in none)"""
+    prefix = str(taskid).encode()
+    for path in (store.toprocess, store.finished, store.failed):
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as lines:
+            if any(line.split(b" ", 1)[0].split(b"@")[0] == prefix for line in lines):
+                return True
+    return any(task.taskid == taskid for task in store.claimed_tasks())
 
 
 def _from_accounting(store: WorkDir, taskid: int, attempt: int | None) -> str | None:

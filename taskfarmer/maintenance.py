@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from taskfarmer.store import WorkDir
 
@@ -34,14 +35,32 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
     parts = []
     if dead:
         returned = store.recover_dead()
-        parts.append(f"{len(returned)} tasks of dead farmers")
+        parts.append(f"{_plural(len(returned), 'task')} of dead farmers")
     for name in farmers:
         returned = store.forget_farmer(name)
-        parts.append(f"{len(returned)} tasks of farmer {name}")
+        parts.append(f"{_plural(len(returned), 'task')} of farmer {name}")
     if statuses or ids or not (dead or farmers):
         back = store.requeue_failed(failed_selector(statuses=statuses, ids=ids))
-        parts.append(f"{len(back)} failed tasks")
+        parts.append(f"{_plural(len(back), 'failed task')}{_not_failed(store, set(ids) - set(back))}")
     return "back in the queue: " + ", ".join(parts) + ". Run the farmer again to run them."
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _not_failed(store: WorkDir, ids: set[int]) -> str:
+    """:returns: why tasks asked for by ID were not put back (they are not in ``failed``)"""
+    if not ids:
+        return ""
+    finished = {int(word) for word in _first_words(store.finished) if word.isdigit()}
+    reasons = [f"task {i} {'finished' if i in finished else 'is not in failed'}" for i in sorted(ids)]
+    return f" ({', '.join(reasons)}: only failed tasks are requeued)"
+
+
+def _first_words(path: Path) -> list[str]:
+    with path.open("rb") as lines:
+        return [line.split(b" ", 1)[0].decode(errors="replace") for line in lines]
 
 
 def drain(store: WorkDir, *, cancel: bool) -> str:

@@ -111,25 +111,25 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     if result.out_of_time and counts.toprocess:
         sys.stderr.write(
             f"pytaskfarmer: the allocation ends before another task could finish (--task-duration):"
-            f" {counts.toprocess} tasks left for the next job.\n"
+            f" {plural(counts.toprocess, 'task')} left for the next job.\n"
         )
         return EXIT_STOPPED
     if result.drained and counts.toprocess:
         sys.stderr.write(
-            f"pytaskfarmer: drained ({store.drain_file} exists): {counts.toprocess} tasks left. Remove that file"
-            " (taskfarmer drain --cancel) and run the same command again to go on.\n"
+            f"pytaskfarmer: drained ({store.drain_file} exists): {plural(counts.toprocess, 'task')} left."
+            " Remove that file (taskfarmer drain --cancel) and run the same command again to go on.\n"
         )
         return EXIT_STOPPED
     if result.stopped is not None:
         return _stopped(store, result, result.stopped)
     if result.unfit:
         sys.stderr.write(
-            f"pytaskfarmer: the next {result.unfit} tasks need more cores, GPUs or time than this farmer has"
+            f"pytaskfarmer: the next {plural(result.unfit, 'task')} need more cores, GPUs or time than this farmer has"
             " (--proc, --gpus, the allocation's end): they are left for a farmer that has them.\n"
         )
         return EXIT_STOPPED
     if counts.failed:
-        sys.stderr.write(f"pytaskfarmer: {counts.failed} tasks failed: see {store.failed}\n")
+        sys.stderr.write(f"pytaskfarmer: {plural(counts.failed, 'task')} failed: see {store.failed}\n")
         return EXIT_FAILED_TASKS
     return EXIT_STOPPED if counts.toprocess else EXIT_OK
 
@@ -139,12 +139,17 @@ def _stopped(store: WorkDir, result: FarmerResult, reason: StopReason) -> int:
         sys.stderr.write(f"pytaskfarmer: {result.error}\n")
         return EXIT_BROKEN
     sys.stderr.write(
-        f"pytaskfarmer: stopped ({reason.value}): {len(result.returned)} running tasks went back to the"
+        f"pytaskfarmer: stopped ({reason.value}): {plural(len(result.returned), 'running task')} went back to the"
         f" queue. Run the same command again to go on (work directory {store.path}).\n"
     )
     if reason is StopReason.WORKERS_FAILING:
         return EXIT_BROKEN
     return EXIT_INTERRUPTED if reason is StopReason.IMMEDIATE else EXIT_STOPPED
+
+
+def plural(count: int, noun: str) -> str:
+    """:returns: ``1 task``, ``2 tasks``"""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _state_line(counts: Counts) -> str:

@@ -586,6 +586,10 @@ class WorkDir:
         """:returns: the batch a slot file holds, ``None`` for an idle, missing or damaged one"""
         return _slots.read(path)
 
+    def claimed_tasks(self) -> list[Task]:
+        """:returns: every task a worker holds now, running or not started yet (no lock: what the slot files say)"""
+        return [task for path in sorted(self.running.iterdir()) if (view := _slots.read(path)) for task in view.tasks]
+
     def running_tasks(self) -> list[SlotRecord]:
         """:returns: the tasks running now, in every farmer (no lock: what the slot files say)"""
         running = []

@@ -291,3 +291,18 @@ def test_status_of_a_tasklist_cuts_long_commands_visibly_and_gives_no_eta_withou
     text = capsys.readouterr().out
     assert "dead (process gone)" in text
     assert "ETA" not in text  # nobody works on it
+
+
+@pytest.mark.timeout(60)
+def test_wording_for_one_failure_a_comment_line_and_a_finished_task_to_requeue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "# a comment", "exit 1"])
+    result = run_farmer(tasklist, "-n", "1", "-q")
+    assert result.returncode == 1
+    assert "1 task failed" in result.stderr
+    workdir = tmp_path / "t.txt_workdir"
+    assert main(["log", str(workdir), "1"]) == 2
+    assert "there is no task 1 (line 2 of the tasklist is blank or a comment" in capsys.readouterr().err
+    assert main(["requeue", str(workdir), "--id", "0"]) == 0
+    assert "0 failed tasks (task 0 finished: only failed tasks are requeued)" in capsys.readouterr().out
