@@ -86,7 +86,8 @@ def test_terminate_kills_the_whole_tree(tmp_path: Path) -> None:
     )
     thread.start()
     deadline = time.monotonic() + 10
-    while not pidfile.exists() and time.monotonic() < deadline:
+    # The redirection creates the file before echo writes to it: wait for its line, not for the file.
+    while not (pidfile.exists() and pidfile.read_text().endswith("\n")) and time.monotonic() < deadline:
         time.sleep(0.01)
     escaped = int(pidfile.read_text())
     assert runner.terminate() is True
