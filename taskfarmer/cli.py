@@ -122,6 +122,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lockdir", type=Path, help="directory for the lock file (default: $SCRATCH, else WORKDIR)")
     parser.add_argument(
+        "--numbering",
+        choices=("lines", "tasks"),
+        help="task IDs: lines (0-based line numbers, the default) or tasks (counting only task lines, from 0, as"
+        " PyTaskFarmer 0.1.0 did); a work directory keeps the one it started with",
+    )
+    parser.add_argument(
         "--lease",
         type=_positive_seconds,
         default=600.0,

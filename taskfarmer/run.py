@@ -50,7 +50,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
     if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
         runner_object.preflight(workdir=workdir)
     store.create()
-    _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist))
+    _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist, numbering=args.numbering))
     options = FarmerOptions(
         tasklist=args.tasklist.resolve(),
         processes=args.proc,
@@ -98,7 +98,7 @@ def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
         return
     for invalid in ingested.invalid[:_INVALID_SHOWN]:
         sys.stderr.write(
-            f"pytaskfarmer: warning: {tasklist} line {invalid.taskid + 1} (task {invalid.taskid}) will not run:"
+            f"pytaskfarmer: warning: {tasklist} line {invalid.line + 1} (task {invalid.taskid}) will not run:"
             f" {invalid.reason}; recorded in failed\n"
         )
     if ingested.invalid_count > _INVALID_SHOWN:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from taskfarmer.errors import TaskListError, WorkDirError
 from taskfarmer.store import _files, _slots
 from taskfarmer.store._ingest import (
+    LINES,
     MAX_TASK_BYTES,
     IngestFiles,
     IngestResult,
@@ -311,20 +312,28 @@ class WorkDir:
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def sync_tasklist(self, tasklist: Path) -> IngestResult | None:
+    def sync_tasklist(self, tasklist: Path, *, numbering: str | None = None) -> IngestResult | None:
         """Take in the tasklist's new lines (all of them on the first run, the appended ones later).
 
+        :param numbering: how task IDs are counted (``lines`` or ``tasks``); a list taken in before keeps its own
         :returns: what was taken in, ``None`` when nothing was new
-        :raises TaskListError: when the tasklist cannot be read, was truncated or changed
+        :raises TaskListError: when the tasklist cannot be read, was truncated or changed, or *numbering* is not
+            the one the work directory started with
         """
 
         def change() -> IngestResult | None:
-            return self._sync_tasklist_locked(tasklist)
+            return self._sync_tasklist_locked(tasklist, numbering=numbering)
 
         return self._transaction(change)
 
-    def _sync_tasklist_locked(self, tasklist: Path) -> IngestResult | None:
+    def _sync_tasklist_locked(self, tasklist: Path, *, numbering: str | None = None) -> IngestResult | None:
         state = TaskListState.from_json(_files.read_small(self._state))
+        if state is not None and numbering is not None and numbering != state.numbering:
+            msg = (
+                f"Work directory {self.path} numbers its tasks by {state.numbering}, not by {numbering}: give"
+                f" --numbering {state.numbering} (or none), or use a new --workdir."
+            )
+            raise TaskListError(msg)
         with open_tasklist(tasklist) as source:
             digest = check_unchanged(tasklist, state, source) if state else hashlib.sha256()
             if digest is None:
@@ -336,7 +345,7 @@ class WorkDir:
                 tempfile.TemporaryFile(dir=self.path) as scratch,
             ):
                 files = IngestFiles(stack=stack, scratch=scratch, rejects=rejects)
-                result = ingest(source, start=state, digest=digest, files=files)
+                result = ingest(source, start=state, digest=digest, files=files, numbering=numbering or LINES)
                 with self.toprocess.open("rb") as old:
                     while block := old.read(_COUNT_BLOCK):
                         stack.write(block)

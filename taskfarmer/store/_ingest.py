@@ -27,6 +27,9 @@ MAX_TASK_BYTES: Final = 128 * 1024 - 4096
 _CHUNK: Final = 64 * 1024
 _PREVIEW: Final = 200
 INVALID_KEPT: Final = 20
+LINES: Final = "lines"
+TASKS: Final = "tasks"
+NUMBERINGS: Final = (LINES, TASKS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class TaskListState:
     sha256: str
     mtime_ns: int
     ends_with_newline: bool
+    numbering: str = LINES  # task IDs: LINES (0-based line numbers) or TASKS (PyTaskFarmer's: tasks counted)
+    tasks: int = 0  # task lines (runnable or invalid) taken in: the next ID when numbering is TASKS
 
     def to_json(self) -> bytes:
         """:returns: the state as written to ``tasklist.json``"""
@@ -56,6 +61,7 @@ class Invalid:
     taskid: int
     reason: str
     preview: str
+    line: int = -1  # 0-based line number in the tasklist (the task ID, unless IDs count task lines)
 
 
 @dataclass(frozen=True)
@@ -144,19 +150,23 @@ def ingest(
     start: TaskListState | None,
     digest: hashlib._Hash,
     files: IngestFiles,
+    numbering: str = LINES,
 ) -> IngestResult:
     """Read the tasklist from *source*'s position to its end and write the new tasks to *stack*, first task last.
 
     :param start: what was taken in before (``None``: nothing)
     :param digest: a hash of everything before *source*'s position
     :param files: where the entries and the rejected lines go
+    :param numbering: how a new list numbers its tasks (one taken in before keeps its own)
     :returns: the new state and what was taken in
     """
     first_line = start.lines if start else 0
+    numbering = start.numbering if start else numbering
     # Lines appended later may still be being written: take complete lines only (a first tasklist's last line may
     # lack its newline: that one counts).
     end = os.fstat(source.fileno()).st_size if start is None else _complete_end(source)
-    result = _forward(source, first_line=first_line, digest=digest, files=files, end=end)
+    first_id = (start.tasks if start else 0) if numbering == TASKS else None
+    result = _forward(source, first=(first_line, first_id), digest=digest, files=files, end=end)
     _reverse_into(files.scratch, result.boundaries, files.stack)
     stat = os.fstat(source.fileno())
     state = TaskListState(
@@ -165,6 +175,8 @@ def ingest(
         sha256=digest.hexdigest(),
         mtime_ns=stat.st_mtime_ns,
         ends_with_newline=result.ends_with_newline,
+        numbering=numbering,
+        tasks=(start.tasks if start else 0) + result.tasks + result.invalid_count,
     )
     return IngestResult(state=state, tasks=result.tasks, invalid=result.invalid, invalid_count=result.invalid_count)
 
@@ -229,24 +241,29 @@ def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
 
 
 def _forward(
-    source: IO[bytes], *, first_line: int, digest: hashlib._Hash, files: IngestFiles, end: int
+    source: IO[bytes], *, first: tuple[int, int | None], digest: hashlib._Hash, files: IngestFiles, end: int
 ) -> _ForwardResult:
+    """Read lines to *end*. *first*: the number of the first line, and the first task ID when IDs count task lines
+    (``None``: a task's ID is its line number).
+    """
+    first_line, first_id = first
     out = _ForwardResult(size=0, next_line=first_line, tasks=0, ends_with_newline=True, boundaries=[0], invalid=[])
     buffered: list[bytes] = []
     pending = 0
     for line, too_long in _lines(source, digest, end=end):
         command, reason = _check(line, too_long=too_long)
+        taskid = out.next_line if first_id is None else first_id + out.tasks + out.invalid_count
         if command is not None:
-            entry = b"%d %s" % (out.next_line, command.encode())
+            entry = b"%d %s" % (taskid, command.encode())
             buffered.append(entry)
             pending += len(entry) + 1
             out.tasks += 1
         elif reason:
             preview = line[:_PREVIEW].decode(errors="backslashreplace").strip()
-            files.rejects.write(b"%d %s %s\n" % (out.next_line, reason.encode(), preview.encode()))
-            out.invalid_count += 1
+            files.rejects.write(b"%d %s %s\n" % (taskid, reason.encode(), preview.encode()))
             if len(out.invalid) < INVALID_KEPT:  # memory must not grow with a list of bad lines
-                out.invalid.append(Invalid(out.next_line, reason, preview))
+                out.invalid.append(Invalid(taskid, reason, preview, out.next_line))
+            out.invalid_count += 1
         out.next_line += 1
         if pending >= _CHUNK:
             _flush(buffered, files.scratch, out.boundaries)

@@ -278,3 +278,20 @@ def test_pytaskfarmers_verbose_with_a_value_is_accepted(tmp_path: Path, flag: li
 def test_taskfarmer_alone_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: taskfarmer" in capsys.readouterr().err
+
+
+def test_pytaskfarmers_numbering_counts_task_lines_only(tmp_path: Path) -> None:
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_text("# header\necho $PROC_NUMBER\n\necho $PROC_NUMBER\n")
+    result = run_farmer(tasklist, "-n", "1", "-q", "--numbering", "tasks")
+    assert result.returncode == 0, result.stderr
+    workdir = tmp_path / "t.txt_workdir"
+    assert sorted(ids(workdir / "finished")) == [0, 1]
+    assert sorted((workdir / "logs" / f"log_{i}").read_text() for i in (0, 1)) == ["0\n", "1\n"]
+    with tasklist.open("a") as handle:
+        handle.write("# more\necho $PROC_NUMBER\n")
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0  # appended lines keep counting tasks
+    assert sorted(ids(workdir / "finished")) == [0, 1, 2]
+    refused = run_farmer(tasklist, "-n", "1", "-q", "--numbering", "lines")
+    assert refused.returncode == 2
+    assert "numbers its tasks by tasks, not by lines" in refused.stderr
