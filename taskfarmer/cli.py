@@ -255,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     requeue.add_argument("--dead", action="store_true", help="the tasks of farmers known to be dead")
     requeue.add_argument("--farmer", action="append", default=[], help="the tasks of this farmer, alive or not")
     requeue.add_argument("--lockdir", type=Path, help="the farmers' --lockdir (default: the one they recorded)")
+    failed = commands.add_parser("failed", help="print the failed tasks (or only their commands, for a new list)")
+    failed.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    failed.add_argument(
+        "--commands", action="store_true", help="only the commands: taskfarmer failed WD --commands > retry.txt"
+    )
     drain = commands.add_parser("drain", help="make the farmers of a work directory finish their tasks and exit")
     drain.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     drain.add_argument("--cancel", action="store_true", help="stop draining: farmers claim tasks again")
@@ -279,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runners": _runners,
         "requeue": _requeue,
         "drain": _drain,
+        "failed": _failed,
         "log": _log,
         "check-fs": _check_fs,
     }
@@ -346,6 +352,13 @@ def _drain(args: argparse.Namespace) -> int:
     from taskfarmer import maintenance  # noqa: PLC0415  # imported for this command only
 
     sys.stdout.write(maintenance.drain(_existing_workdir(args), cancel=args.cancel) + "\n")
+    return EXIT_OK
+
+
+def _failed(args: argparse.Namespace) -> int:
+    from taskfarmer.maintenance import print_failed  # noqa: PLC0415  # imported for this command only
+
+    print_failed(_existing_workdir(args), commands=args.commands, out=sys.stdout.buffer)
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+    from typing import BinaryIO
 
     from taskfarmer.store import WorkDir
 
@@ -73,3 +74,19 @@ def drain(store: WorkDir, *, cancel: bool) -> str:
         return f"removed {store.drain_file}: farmers started from now on claim tasks again"
     store.drain_file.write_text("Farmers finish their running tasks and claim no more while this file exists.\n")
     return f"created {store.drain_file}: running farmers finish their tasks and exit; remove it with --cancel"
+
+
+def print_failed(store: WorkDir, *, commands: bool, out: BinaryIO) -> int:
+    """Print the failed tasks (``ID STATUS COMMAND``), or only their commands (``> retry.txt``).
+
+    :returns: how many there are
+    """
+    count = 0
+    with store.failed.open("rb") as lines:
+        for line in lines:
+            taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
+            if not taskid.isdigit() or status.startswith(b"invalid:"):
+                continue  # a line that cannot run: its recorded command is only a preview
+            out.write(command + b"\n" if commands else line)
+            count += 1
+    return count

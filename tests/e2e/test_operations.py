@@ -306,3 +306,14 @@ def test_wording_for_one_failure_a_comment_line_and_a_finished_task_to_requeue(
     assert "there is no task 1 (line 2 of the tasklist is blank or a comment" in capsys.readouterr().err
     assert main(["requeue", str(workdir), "--id", "0"]) == 0
     assert "0 failed tasks (task 0 finished: only failed tasks are requeued)" in capsys.readouterr().out
+
+
+def test_failed_prints_the_failed_tasks_or_only_their_commands(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "exit 3", "echo 'x y' && false"])
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 1
+    assert main(["failed", str(tasklist)]) == 0
+    assert capsysbinary.readouterr().out == b"1 exit:3 exit 3\n2 exit:1 echo 'x y' && false\n"
+    assert main(["failed", str(tasklist), "--commands"]) == 0
+    assert capsysbinary.readouterr().out == b"exit 3\necho 'x y' && false\n"
