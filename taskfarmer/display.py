@@ -2,11 +2,14 @@
 
 The farmer knows nothing of this module: it hands every worker event, and a ``("tick",)`` each loop, to
 :meth:`Display.on_event`. The numbers are the whole list's (other farmers may work on it too), read from the
-work directory at most twice a second; this farmer's events only feed the table of the tasks it runs now.
+work directory at most twice a second; this farmer's events feed the table of the tasks it runs now, the last
+failures, and, in a batch log, one line per failed task. Log lines (``-v``) go above the live view, not through it.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 PLAIN_INTERVAL: Final = 60.0  # seconds between two progress lines in a batch log: never a flood
 _REFRESH: Final = 0.5  # seconds between two reads of the whole list's state on a terminal
 _RUNNING_SHOWN: Final = 8
+_FAILURES_SHOWN: Final = 5
 
 
 class Display:
@@ -40,6 +44,8 @@ class Display:
         self._interval = interval
         self._quiet = quiet
         self._running: dict[int, tuple[int, str, float]] = {}  # worker -> (task, command, started)
+        self._failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_SHOWN)
+        self._stopping = ""
         self._live: Live | None = None
         if not quiet and self._stream.isatty():
             self._start_live()
@@ -65,13 +71,45 @@ class Display:
     def _done(self) -> int:
         return self._counts.finished + self._counts.failed
 
+    @property
+    def live(self) -> bool:
+        """:returns: whether a live view is drawn (then log lines must go through :meth:`log_handler`)"""
+        return self._live is not None
+
+    def announce(self, line: str) -> None:
+        """Say one line (the start of the run), above the live view or in the batch log."""
+        if not self._quiet:
+            self._say(line)
+
+    def log_handler(self) -> logging.Handler:
+        """:returns: a logging handler that prints above the live view (or to the stream without one)"""
+        display = self
+
+        class _Above(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                display._say(self.format(record))  # the display's own helper
+
+        handler = _Above()
+        handler.setFormatter(logging.Formatter("%(asctime)s pytaskfarmer: %(message)s"))
+        return handler
+
     def on_event(self, event: tuple[Any, ...]) -> None:
-        """Take a farmer event: ``start``/``end``/``retry``/``returned`` of a worker, or ``tick``."""
+        """Take a farmer event: ``start``/``end``/``retry``/``returned``/``log`` of a worker, ``stopping``, ``tick``."""
         kind = event[0]
         if kind == "start":
             self._running[event[1]] = (event[2], event[3], time.monotonic())
         elif kind in {"end", "retry", "returned"}:
             self._running.pop(event[1], None)
+            if kind == "end" and event[3] != "ok":
+                self._failed(event[2], event[3], event[4] if len(event) > 4 else "")
+        elif kind == "log":
+            self._say(event[3])
+        elif kind == "stopping":
+            self._stopping = (
+                f"stopping: {event[1]} running tasks get SIGTERM, SIGKILL after {event[3]} s; Ctrl-C again to kill"
+                " them now"
+            )
+            self._say(f"pytaskfarmer: {self._stopping}")
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:
             self._counts = self._store.counts()
@@ -82,6 +120,19 @@ class Display:
             self._next_line = now + self._interval
             self._counts = self._store.counts()
             self._stream.write(self.line() + "\n")
+            self._stream.flush()
+
+    def _failed(self, taskid: int, status: str, log: str) -> None:
+        line = f"task {taskid} failed ({status}), log: {self._store.path / log if log else 'none'}"
+        self._failures.append(line)
+        if self._live is None and not self._quiet:
+            self._say(f"pytaskfarmer: {line}")
+
+    def _say(self, line: str) -> None:
+        if self._live is not None:
+            self._live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self._stream.write(line + "\n")
             self._stream.flush()
 
     def _rate(self) -> float:
@@ -106,6 +157,7 @@ class Display:
     def _render(self) -> Group:
         from rich.console import Group  # noqa: PLC0415  # see _start_live
         from rich.table import Table  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
 
         counts = self._counts
         detail = (
@@ -119,7 +171,12 @@ class Display:
         now = time.monotonic()
         for worker, (task, command, started) in sorted(self._running.items())[:_RUNNING_SHOWN]:
             table.add_row(str(worker), str(task), _duration(now - started), command)
-        return Group(self._progress, table)
+        parts: list[Any] = [self._progress, table]
+        if self._failures:
+            parts.append(Text("last failures:\n" + "\n".join(self._failures), style="red", no_wrap=True))
+        if self._stopping:
+            parts.append(Text(self._stopping, style="bold yellow"))
+        return Group(*parts)
 
     def close(self) -> None:
         """Stop drawing (restores the terminal)."""

@@ -83,6 +83,7 @@ class FarmerOptions:
     log_mode: str = FILES
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
     skip_existing: bool = False  # tasks whose declared outputs all exist are recorded as finished, not run
+    forward_logs: bool = False  # workers send their log lines to the listener (a live view prints them)
 
 
 @dataclass
@@ -300,6 +301,7 @@ class Farmer:
             max_failures=self.options.max_failures,
             claim_until=self.options.claim_until,
             skip_existing=self.options.skip_existing,
+            forward_logs=self.options.forward_logs,
             grace=self.options.grace,
         )
         receiver, sender = self._context.Pipe(duplex=False)
@@ -350,9 +352,12 @@ class Farmer:
     def _shutdown(self) -> None:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
+        if self._workers and self.result.stopped is not None:
+            self._listener(("stopping", len(self._workers), -1, str(self.options.grace), ""))
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
             self._drain_events(_TICK)
+            self._listener(("tick",))  # the view stays alive while tasks end
             self._workers = {slot: w for slot, w in self._workers.items() if w.is_alive()}
         # A second Ctrl-C may have come while waiting: then no more grace for anything.
         grace = 0.0 if self.result.stopped is StopReason.IMMEDIATE else self.options.grace

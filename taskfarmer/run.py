@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -73,6 +74,14 @@ def run_tasklist(args: argparse.Namespace) -> int:
     if args.node_setup:
         allocation.run_node_setup(args.node_setup, workdir=workdir, log_dir=store.logs)
     display = Display(store, quiet=args.quiet)
+    if display.live:
+        logging.getLogger().handlers = [display.log_handler()]  # log lines above the live view, not through it
+        options = dataclasses.replace(options, forward_logs=True)
+    counts = store.counts()
+    display.announce(
+        f"pytaskfarmer: {plural(counts.left, 'task')} to run ({counts.finished} finished, {counts.failed} failed"
+        f" before) with {plural(args.proc, 'worker')}, runner {runner.name}, work directory {workdir}"
+    )
     farmer = Farmer(store, options, listener=display.on_event, runner=runner_object)
     farmer.install_signal_handlers()
     started = time.monotonic()

@@ -80,6 +80,7 @@ class WorkerSpec:
     grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
     skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
+    forward_logs: bool = False  # log records go to the farmer (which prints them above its live view)
 
 
 class FarmFlags:
@@ -126,6 +127,8 @@ class FarmFlags:
 def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: Connection) -> None:
     """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
+    if spec.forward_logs:  # the farmer draws a live view on the terminal: its lines go above it, not through it
+        logging.getLogger().handlers = [_ForwardedLogs(events, spec.worker)]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -283,7 +286,8 @@ class Worker:
             self._flags.add_failure(self.spec.worker)
         _LOGGER.info("task %d %s after %.2f s", task.taskid, _describe(outcome, retry=retry), outcome.duration)
         self._slot_log.end(ended(self.slot, self._index, task, outcome, retry=retry))
-        self._send("retry" if retry else "end", task.taskid, "ok" if outcome.succeeded else outcome.status)
+        status = "ok" if outcome.succeeded else outcome.status
+        self._send("retry" if retry else "end", task.taskid, status, outcome.log)
 
     def _record_unrun(self, task: Task, *, reason: str, message: str) -> None:
         """Record a task that is not run: its directive is wrong, or its outputs exist already."""
@@ -302,9 +306,9 @@ class Worker:
         """Tell the farmer why this worker cannot go on (it stops the farm and says so)."""
         self._send("error", -1, message)
 
-    def _send(self, kind: str, taskid: int, detail: str) -> None:
+    def _send(self, kind: str, taskid: int, detail: str, extra: str = "") -> None:
         with contextlib.suppress(OSError):  # the farmer is gone: stopping() notices it
-            self._events.send((kind, self.spec.worker, taskid, detail))
+            self._events.send((kind, self.spec.worker, taskid, detail, extra))
 
     def _execute(self, task: Task, plan: TaskPlan, allocation: Allocation) -> Outcome | None:
         """Run one task.
@@ -388,6 +392,20 @@ class Worker:
         os.environ["PROC_NUMBER"] = os.environ["TASKFARMER_TASK_ID"] = str(task.taskid)
         os.environ["TASKFARMER_ATTEMPT"] = str(log.attempt)
         os.environ["TASKFARMER_LOG"] = str(log.path)
+
+
+class _ForwardedLogs(logging.Handler):
+    """Sends a worker's log lines to its farmer, as ``("log", worker, -1, line, "")`` events."""
+
+    def __init__(self, events: Connection, worker: int) -> None:
+        super().__init__()
+        self._events = events
+        self.setFormatter(logging.Formatter(f"%(asctime)s worker {worker}: %(message)s"))
+        self._worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):
+            self._events.send(("log", self._worker, -1, self.format(record), ""))
 
 
 def _describe(outcome: Outcome, *, retry: bool) -> str:

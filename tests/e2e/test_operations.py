@@ -126,7 +126,7 @@ def test_requeue_failed_tasks_by_status_and_id(tmp_path: Path, capsys: pytest.Ca
     assert run_farmer(tasklist).returncode == 1
     flag.touch()
     assert main(["requeue", "--status", "exit:3", "--id", "0", str(workdir)]) == 0
-    assert "1 failed tasks" in capsys.readouterr().out
+    assert "1 failed task." in capsys.readouterr().out
     assert ids(workdir / "toprocess") == [0]
     failed_order = ids(workdir / "failed")
     assert sorted(failed_order) == [1, 2]
