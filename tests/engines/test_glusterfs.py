@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -365,4 +366,6 @@ def test_check_fs_between_two_hosts_serve_and_wait(volume: str, status: int, req
     assert server.returncode == status, server.stdout + server.stderr
     visibility = next(line for line in server.stdout.splitlines() if line.startswith("visibility"))
     assert visibility.startswith("visibility    ok: " if status == 0 else "visibility    FAILED: "), visibility
-    assert "answered 38 requests" in waited
+    answered = re.search(r"answered (\d+) requests", waited)
+    assert answered is not None, waited
+    assert int(answered.group(1)) > 0, waited  # its count depends on the rounds the checks ran
