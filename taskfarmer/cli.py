@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from taskfarmer import config
+from taskfarmer.compat import ptf_verbose
 from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
@@ -202,32 +203,8 @@ def _add_version(parser: argparse.ArgumentParser) -> None:
 
 def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
     """``pytaskfarmer.py [options] tasklist``: run a tasklist."""
-    args = _run_parser("pytaskfarmer.py").parse_args(_ptf_verbose(sys.argv[1:] if argv is None else list(argv)))
+    args = _run_parser("pytaskfarmer.py").parse_args(ptf_verbose(sys.argv[1:] if argv is None else list(argv)))
     return _guarded(_run, args)
-
-
-_PTF_TRUE: Final = frozenset({"true", "1", "yes", "on"})
-_PTF_FALSE: Final = frozenset({"false", "0", "no", "off"})
-
-
-def _ptf_verbose(argv: list[str]) -> list[str]:
-    """PyTaskFarmer's ``-v``/``--verbose`` took a value (``-v True``, ``-v 1``): read it as ``-v``, or as nothing
-    for a false one, so that its users' job scripts run unchanged.
-    """
-    out: list[str] = []
-    words = iter(argv)
-    for word in words:
-        if word not in {"-v", "--verbose"}:
-            out.append(word)
-            continue
-        value = next(words, None)
-        if value is None or value.lower() not in _PTF_TRUE | _PTF_FALSE:
-            out.append(word)
-            if value is not None:
-                out.append(value)
-        elif value.lower() in _PTF_TRUE:
-            out.append(word)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not words:
         parser.print_help(sys.stderr)  # rather than "the following arguments are required: verb"
         return EXIT_USAGE
-    args = parser.parse_args(_ptf_verbose(words) if words[:1] == ["run"] else words)
+    args = parser.parse_args(ptf_verbose(words) if words[:1] == ["run"] else words)
     handlers = {
         "run": _run,
         "status": _status,
