@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Group
     from rich.live import Live
 
-    from taskfarmer.store import WorkDir
+    from taskfarmer.store import Counts, WorkDir
 
 PLAIN_INTERVAL: Final = 60.0  # seconds between two progress lines in a batch log: never a flood
 _REFRESH: Final = 0.5  # seconds between two reads of the whole list's state on a terminal
@@ -70,6 +70,11 @@ class Display:
     @property
     def _done(self) -> int:
         return self._counts.finished + self._counts.failed
+
+    @property
+    def counts(self) -> Counts:
+        """:returns: the whole list's counts, as last read"""
+        return self._counts
 
     @property
     def live(self) -> bool:

@@ -77,7 +77,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
     if display.live:
         logging.getLogger().handlers = [display.log_handler()]  # log lines above the live view, not through it
         options = dataclasses.replace(options, forward_logs=True)
-    counts = store.counts()
+    counts = display.counts
     display.announce(
         f"pytaskfarmer: {plural(counts.left, 'task')} to run ({counts.finished} finished, {counts.failed} failed"
         f" before) with {plural(args.proc, 'worker')}, runner {runner.name}, work directory {workdir}"
