@@ -208,8 +208,9 @@ class WorkDir:
 
         :raises WorkDirError: naming what was found and what to do
         """
-        state_files = [self.toprocess, self.finished, self.failed]
-        if not self.path.is_dir() or self._state.exists() or not any(_files.size(path) for path in state_files):
+        if not self.path.is_dir() or (self.path / ".lockfile").exists() or self._state.exists():
+            return  # ours: a farmer of this version records its lock file before it writes any state file
+        if not any(_files.size(path) for path in (self.toprocess, self.finished, self.failed)):
             return
         msg = (
             f"Work directory {self.path} holds toprocess/finished/failed but no tasklist.json: it was made by another"

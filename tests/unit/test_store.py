@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from taskfarmer import store as store_module
+from taskfarmer.errors import WorkDirError
 from taskfarmer.store import (
     FarmerRecord,
     Holder,
@@ -431,3 +432,14 @@ def test_stops_do_not_count_as_deaths(tmp_path: Path) -> None:
         log.start(0, attempt=attempt, log="")
         store.exchange(log, slot, want=0)  # a stop: the task goes back
     assert store.failed.read_text() == ""
+
+
+def test_a_work_directory_of_this_version_is_never_taken_for_a_foreign_one(tmp_path: Path) -> None:
+    """A second farmer may look while the first is taking the list in: state files there, tasklist.json not yet."""
+    store = WorkDir(tmp_path / "wd")
+    store.create()
+    store.toprocess.write_text("0 echo a\n")
+    store.check_not_foreign()  # no error: .lockfile says a farmer of this version made it
+    (tmp_path / "wd" / ".lockfile").unlink()
+    with pytest.raises(WorkDirError, match="made by another tool"):
+        store.check_not_foreign()
