@@ -306,7 +306,9 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
     # The farmers' lock, whatever this shell's $SCRATCH says: a change under another lock would exclude nothing.
     lock_dir = getattr(args, "lockdir", None)
     lock = default_lock_path(args.workdir, lock_dir) if lock_dir else recorded_lock_path(args.workdir)
-    return WorkDir(args.workdir, lock_path=lock or default_lock_path(args.workdir, None))
+    store = WorkDir(args.workdir, lock_path=lock or default_lock_path(args.workdir, None))
+    store.check_not_foreign()  # PyTaskFarmer's files would be misread, and a change (requeue) would take them over
+    return store
 
 
 def _status(args: argparse.Namespace) -> int:

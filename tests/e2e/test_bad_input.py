@@ -153,6 +153,25 @@ def test_a_pytaskfarmer_work_directory_is_refused_untouched(tmp_path: Path) -> N
     assert _snapshot(tmp_path) == before, "bad input changed files"
 
 
+@pytest.mark.parametrize(
+    "verb", [["status"], ["status", "--json"], ["failed"], ["log", "0"], ["requeue"], ["requeue", "--dead"], ["drain"]]
+)
+def test_commands_on_a_pytaskfarmer_work_directory_refuse_it_untouched(tmp_path: Path, verb: list[str]) -> None:
+    tasklist = _ptf_workdir(tmp_path)[-1]
+    before = _snapshot(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "taskfarmer", verb[0], tasklist, *verb[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    _assert_one_clear_line(result.stderr, "t.txt_workdir", "PyTaskFarmer")
+    assert result.stdout == ""
+    assert _snapshot(tmp_path) == before, "a command on a PyTaskFarmer work directory changed files"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: an unreadable tasklist cannot be made")
 def test_unreadable_tasklist(tmp_path: Path) -> None:
     tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
