@@ -136,6 +136,7 @@ def engine_available(name: str) -> str | None:
         "slurm": lambda: _command_probe(["sinfo", "-h"]),
         "htcondor": lambda: _command_probe(["condor_status", "-total"]),
         "glusterfs": _glusterfs_probe,
+        "pytaskfarmer010": _pytaskfarmer010_probe,
     }
     return probes[name]()
 
@@ -148,6 +149,17 @@ def _command_probe(argv: list[str]) -> str | None:
     except subprocess.TimeoutExpired:
         return f"{argv[0]} did not answer within 20 s"
     return None if result.returncode == 0 else f"{argv[0]} failed: {result.stderr.strip()[:200]}"
+
+
+def pytaskfarmer010() -> Path:
+    """:returns: PyTaskFarmer 0.1.0's ``pytaskfarmer.py``, in a venv of its own (``ci/pytaskfarmer010-install.sh``)"""
+    return Path(os.environ.get("TASKFARMER_PYTASKFARMER_010") or "/nonexistent/pytaskfarmer.py")
+
+
+def _pytaskfarmer010_probe() -> str | None:
+    if not os.access(pytaskfarmer010(), os.X_OK):
+        return "$TASKFARMER_PYTASKFARMER_010 is no PyTaskFarmer 0.1.0 pytaskfarmer.py (ci/pytaskfarmer010-install.sh)"
+    return None
 
 
 GLUSTER_MOUNTS: Final = (

@@ -13,7 +13,7 @@ import pytest
 
 from taskfarmer.errors import WorkDirError
 from taskfarmer.store import WorkDir
-from tests.helpers import ids, lines, run_farmer, write_tasklist
+from tests.helpers import ids, lines, pytaskfarmer010, run_farmer, write_tasklist
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -170,6 +170,48 @@ def test_commands_on_a_pytaskfarmer_work_directory_refuse_it_untouched(tmp_path:
     _assert_one_clear_line(result.stderr, "t.txt_workdir", "PyTaskFarmer")
     assert result.stdout == ""
     assert _snapshot(tmp_path) == before, "a command on a PyTaskFarmer work directory changed files"
+
+
+def _real_ptf_workdir(tmp: Path) -> str:
+    """Run the real PyTaskFarmer 0.1.0 on a list with a comment, a blank line and a failing task.
+
+    :returns: the tasklist, whose ``TASKLIST_workdir`` PyTaskFarmer made
+    """
+    tasklist = write_tasklist(tmp / "t.txt", ["# a comment", "echo a", "", "echo b", "false", "echo c"])
+    env = {key: value for key, value in os.environ.items() if key not in {"SCRATCH", "TMP", "TMPDIR"}}
+    result = subprocess.run(
+        [str(pytaskfarmer010()), "--proc", "2", str(tasklist)],
+        cwd=tmp,
+        env={**env, "HOME": str(tmp)},  # its lock file in the work directory, no runners.d of the user's
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    workdir = tmp / "t.txt_workdir"
+    assert sorted(ids(workdir / "finished")) == [0, 1, 3]  # its numbering: task lines only
+    assert lines(workdir / "failed") == ["2 false"]  # and no status column
+    return str(tasklist)
+
+
+@pytest.mark.pytaskfarmer010
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("verb", [["run", "-n", "1"], ["status"], ["failed"], ["requeue"]])
+def test_a_work_directory_of_the_real_pytaskfarmer_010_is_refused_untouched(tmp_path: Path, verb: list[str]) -> None:
+    tasklist = _real_ptf_workdir(tmp_path)
+    before = _snapshot(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "taskfarmer", verb[0], tasklist, *verb[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    _assert_one_clear_line(result.stderr, "t.txt_workdir", "PyTaskFarmer")
+    assert _snapshot(tmp_path) == before, "a PyTaskFarmer work directory was changed"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: an unreadable tasklist cannot be made")
