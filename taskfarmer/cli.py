@@ -10,7 +10,7 @@ The only module that prints errors and picks exit statuses:
     4  stopped because its workers kept dying (a broken runner or environment), or this node sees a stale view of
        the work directory: fix it before running again
     130  stopped at once by a second Ctrl-C
-    141  the reader of its output went away (| head)
+    141  the reader of its output went away (status | head); a farmer goes on, and exits with the farm's status
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 from taskfarmer import config
 from taskfarmer.compat import ptf_verbose
 from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
+from taskfarmer.output import outlive_reader
 from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
 
@@ -269,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guarded(command: object, args: argparse.Namespace) -> int:
+    if command is _run:
+        outlive_reader()  # a farm goes on when its output's reader goes away (| head): its status is the farm's
     _configure_logging(getattr(args, "verbose", 0))
     try:
         return command(args)  # type: ignore[operator, no-any-return]  # one of the _command functions

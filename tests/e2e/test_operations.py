@@ -13,7 +13,17 @@ import pytest
 
 from taskfarmer.cli import main
 from taskfarmer.store import WorkDir
-from tests.helpers import LONG, cleanup, ids, lines, run_farmer, start_farmer, wait_for, write_tasklist
+from tests.helpers import (
+    LONG,
+    cleanup,
+    farmer_argv,
+    ids,
+    lines,
+    run_farmer,
+    start_farmer,
+    wait_for,
+    write_tasklist,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -262,6 +272,32 @@ def test_output_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
     _, stderr = reader.communicate(timeout=LONG)
     assert stderr == b""
     assert reader.returncode == 141
+
+
+@pytest.mark.timeout(60)
+def test_a_farmer_whose_reader_goes_away_runs_every_task_and_exits_with_the_farms_status(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    tasklist = write_tasklist(
+        tmp_path / "t.txt", [f"while [ ! -e {gate} ]; do sleep 0.05; done; echo {n}" for n in range(6)]
+    )
+    farmer = subprocess.Popen(
+        farmer_argv(tasklist, "-v", "-n", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert farmer.stdout is not None
+        assert farmer.stdout.readline()  # then the reader goes, as `2>&1 | head -1` does, before any task ends
+        farmer.stdout.close()
+        gate.touch()
+        assert farmer.wait(timeout=LONG) == 0  # the farm's status: all finished
+    finally:
+        if farmer.poll() is None:
+            os.killpg(farmer.pid, signal.SIGKILL)
+            farmer.wait()
+    assert sorted(ids(tmp_path / "t.txt_workdir" / "finished")) == list(range(6))
 
 
 @pytest.mark.timeout(60)
