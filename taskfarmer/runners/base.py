@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Final
 import psutil
 
 from taskfarmer import process
+from taskfarmer.errors import EngineNotFoundError
 
 if TYPE_CHECKING:
     import resource
@@ -112,6 +113,9 @@ class CommandRunner(Runner):
         self.setup = setup.strip()
         self.variables = dict(variables or {})
         self.tempdir = _parse_tempdir(tempdir)
+        if grace < 0:
+            msg = f"option 'grace' = {grace}: must be 0 or more seconds"
+            raise ValueError(msg)
         self.grace = grace
         self.shell = shell
         self._lock = threading.Lock()
@@ -122,6 +126,20 @@ class CommandRunner(Runner):
     def command(self, script: str) -> list[str]:
         """:returns: the argv that runs the shell *script* (pure: no I/O)"""
         return [self.shell, "-c", script]
+
+    def preflight(self, *, workdir: Path) -> None:
+        """Check that the ``shell`` option names an executable, when the shell runs on this host.
+
+        Engine runners wrap the shell in the engine's command line (the shell is then the image's) and check
+        their engine in a preflight of their own.
+
+        :param workdir: the work directory of the farm (not used)
+        :raises EngineNotFoundError: when the shell is not found
+        """
+        del workdir
+        if self.command(":")[0] == self.shell and shutil.which(self.shell, path=self.environment().get("PATH")) is None:
+            msg = f"Runner [{self.name}]: shell = {self.shell}: no such executable on PATH (option shell)."
+            raise EngineNotFoundError(msg)
 
     def script(self, command: str) -> str:
         """:returns: the shell script for one task: the setup, then the task line, which runs only if setup succeeded"""

@@ -97,6 +97,14 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], tuple[str, ...]]] = {
         _with_runner_ini("[default]\nRunner = BasicRunner\ntempdir = yes please\n"),
         ("[default]", "bad.ini", "tempdir must be true, false or an existing directory", "'yes please'"),
     ),
+    "runner option grace below 0": (
+        _with_runner_ini("[mcc]\nRunner = BasicRunner\ngrace = -3\n", "-r", "mcc"),
+        ("[mcc]", "bad.ini", "option 'grace' = -3.0: must be 0 or more seconds"),
+    ),
+    "runner shell that does not exist": (
+        _with_runner_ini("[mcc]\nRunner = BasicRunner\nshell = /nonexistent/bash\n", "-r", "mcc"),
+        ("[mcc]", "shell = /nonexistent/bash", "no such executable"),
+    ),
     "unknown runner": (
         _with_runner_ini("[gpu]\nRunner = BasicRunner\n", "-r", "mcc"),
         ("Unknown runner 'mcc'", "Defined: default, gpu"),
