@@ -93,6 +93,29 @@ def test_restart_runs_only_appended_tasks(tmp_path: Path) -> None:
     assert sorted(ids(tmp_path / "t.txt_workdir" / "finished")) == [0, 1, 2, 3, 4, 6, 8]
 
 
+def test_a_tasklist_whose_last_line_had_no_newline_gets_one_then_new_lines(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_text(f"echo $PROC_NUMBER >> {out}\necho $PROC_NUMBER >> {out}")  # as some editors save it
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0
+    with tasklist.open("a") as handle:
+        handle.write("\n")  # the newline alone, as an editor adds it
+    again = run_farmer(tasklist, "-n", "1", "-q")
+    assert again.returncode == 0, again.stderr
+    with tasklist.open("a") as handle:
+        handle.write(f"echo $PROC_NUMBER >> {out}\n")
+    third = run_farmer(tasklist, "-n", "1", "-q")
+    assert third.returncode == 0, third.stderr
+    assert sorted(int(x) for x in lines(out)) == [0, 1, 2]
+    with tasklist.open("a") as handle:
+        handle.write(f"echo $PROC_NUMBER >> {out}")  # no newline again, then a newline and a line at once
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0
+    with tasklist.open("a") as handle:
+        handle.write(f"\necho $PROC_NUMBER >> {out}\n")
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0
+    assert sorted(int(x) for x in lines(out)) == [0, 1, 2, 3, 4]
+
+
 def test_a_stopped_task_reruns_first_and_keeps_both_logs(tmp_path: Path) -> None:
     marker = tmp_path / "first-attempt"
     tasklist = write_tasklist(
