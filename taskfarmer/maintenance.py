@@ -34,16 +34,21 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
     :returns: what was done, as one line
     """
     parts = []
+    total = 0
     if dead:
         returned = store.recover_dead()
+        total += len(returned)
         parts.append(f"{_plural(len(returned), 'task')} of dead farmers")
     for name in farmers:
         returned = store.forget_farmer(name)
+        total += len(returned)
         parts.append(f"{_plural(len(returned), 'task')} of farmer {name}")
     if statuses or ids or not (dead or farmers):
         back = store.requeue_failed(failed_selector(statuses=statuses, ids=ids))
+        total += len(back)
         parts.append(f"{_plural(len(back), 'failed task')}{_not_failed(store, set(ids) - set(back))}")
-    return "back in the queue: " + ", ".join(parts) + ". Run the farmer again to run them."
+    then = " Run the farmer again to run them." if total else ""
+    return "back in the queue: " + ", ".join(parts) + "." + then
 
 
 def _plural(count: int, noun: str) -> str:

@@ -341,7 +341,8 @@ def test_wording_for_one_failure_a_comment_line_and_a_finished_task_to_requeue(
     assert main(["log", str(workdir), "1"]) == 2
     assert "there is no task 1 (line 2 of the tasklist is blank or a comment" in capsys.readouterr().err
     assert main(["requeue", str(workdir), "--id", "0"]) == 0
-    assert "0 failed tasks (task 0 finished: only failed tasks are requeued)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert said == "back in the queue: 0 failed tasks (task 0 finished: only failed tasks are requeued).\n"
 
 
 def test_failed_prints_the_failed_tasks_or_only_their_commands(
