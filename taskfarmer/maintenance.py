@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING
 
+from taskfarmer.words import plural
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -38,21 +40,17 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
     if dead:
         returned = store.recover_dead()
         total += len(returned)
-        parts.append(f"{_plural(len(returned), 'task')} of dead farmers")
+        parts.append(f"{plural(len(returned), 'task')} of dead farmers")
     for name in farmers:
         returned = store.forget_farmer(name)
         total += len(returned)
-        parts.append(f"{_plural(len(returned), 'task')} of farmer {name}")
+        parts.append(f"{plural(len(returned), 'task')} of farmer {name}")
     if statuses or ids or not (dead or farmers):
         back = store.requeue_failed(failed_selector(statuses=statuses, ids=ids))
         total += len(back)
-        parts.append(f"{_plural(len(back), 'failed task')}{_not_failed(store, set(ids) - set(back))}")
+        parts.append(f"{plural(len(back), 'failed task')}{_not_failed(store, set(ids) - set(back))}")
     then = " Run the farmer again to run them." if total else ""
     return "back in the queue: " + ", ".join(parts) + "." + then
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _not_failed(store: WorkDir, ids: set[int]) -> str:

@@ -22,6 +22,7 @@ from taskfarmer.display import Display
 from taskfarmer.errors import WorkDirError
 from taskfarmer.farmer import Farmer, FarmerOptions, FarmerResult, StopReason
 from taskfarmer.store import Counts, IngestResult, WorkDir, default_lock_path
+from taskfarmer.words import plural
 from taskfarmer.worker import TaskPolicy
 
 if TYPE_CHECKING:
@@ -154,11 +155,6 @@ def _stopped(store: WorkDir, result: FarmerResult, reason: StopReason) -> int:
     if reason is StopReason.WORKERS_FAILING:
         return EXIT_BROKEN
     return EXIT_INTERRUPTED if reason is StopReason.IMMEDIATE else EXIT_STOPPED
-
-
-def plural(count: int, noun: str) -> str:
-    """:returns: ``1 task``, ``2 tasks``"""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _state_line(counts: Counts) -> str:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final, TextIO
 
 from taskfarmer.store import heartbeat_interval
+from taskfarmer.words import plural
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -156,15 +157,16 @@ def print_status(store: WorkDir, out: TextIO, *, as_json: bool = False) -> None:
         json.dump(asdict(report), out, indent=1)
         out.write("\n")
         return
-    out.write(_text(report))
+    out.write(format_text(report))
 
 
-def _text(report: StatusReport) -> str:
+def format_text(report: StatusReport) -> str:
+    """:returns: *report* as the lines ``taskfarmer status`` prints"""
     tasks = report.tasks
     lines = [
         (
-            f"{report.workdir}: {tasks['total']} tasks: {tasks['finished']} finished, {tasks['failed']} failed,"
-            f" {tasks['running']} running, {tasks['toprocess'] + tasks['claimed']} to process"
+            f"{report.workdir}: {plural(tasks['total'], 'task')}: {tasks['finished']} finished,"
+            f" {tasks['failed']} failed, {tasks['running']} running, {tasks['toprocess'] + tasks['claimed']} to process"
         ),
     ]
     if report.rate_per_s:
@@ -175,7 +177,7 @@ def _text(report: StatusReport) -> str:
         f"  failed   task {f['task']} ({f['status']}): {_cut(f['command'])}  log: {f['log']}" for f in report.failed
     ]
     if report.failed_not_shown:
-        lines.append(f"  ... and {report.failed_not_shown} more failed tasks: see {report.workdir}/failed")
+        lines.append(f"  ... and {plural(report.failed_not_shown, 'more failed task')}: see {report.workdir}/failed")
     lines += [
         (
             f"  running  task {r['task']} on {r['host']} ({r['farmer']} worker {r['worker']})"
@@ -183,7 +185,9 @@ def _text(report: StatusReport) -> str:
         )
         for r in report.running
     ]
-    lines += [f"  farmer   {f['name']}: {f['workers']} workers, {f['state']}" for f in report.farmers]
+    lines += [
+        f"  farmer   {f['name']}: {plural(int(str(f['workers'])), 'worker')}, {f['state']}" for f in report.farmers
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -345,6 +345,21 @@ def test_wording_for_one_failure_a_comment_line_and_a_finished_task_to_requeue(
     assert said == "back in the queue: 0 failed tasks (task 0 finished: only failed tasks are requeued).\n"
 
 
+@pytest.mark.timeout(60)
+def test_status_of_one_task_and_one_worker_says_it_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 30"])
+    farmer = start_farmer(tasklist, "-n", "1")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 1, what="the task running")
+        assert main(["status", str(workdir)]) == 0
+        text = capsys.readouterr().out
+    assert text.startswith(f"{workdir}: 1 task: 0 finished, 0 failed, 1 running, 0 to process\n")
+    assert ": 1 worker, alive\n" in text
+
+
 def test_failed_prints_the_failed_tasks_or_only_their_commands(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
