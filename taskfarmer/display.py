@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from taskfarmer.status import format_duration as _duration
+from taskfarmer.words import plural
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -110,10 +111,7 @@ class Display:
         elif kind == "log":
             self._say(event[3])
         elif kind == "stopping":
-            self._stopping = (
-                f"stopping: {event[1]} running tasks get SIGTERM, SIGKILL after {event[3]} s; Ctrl-C again to kill"
-                " them now"
-            )
+            self._stopping = _stopping_line(len(self._running), grace=event[3])
             self._say(f"pytaskfarmer: {self._stopping}")
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:
@@ -190,3 +188,15 @@ class Display:
             self._counts = self._store.counts()
             self._live.update(self._render())
             self._live.stop()
+
+
+def _stopping_line(running: int, *, grace: str) -> str:
+    """:returns: what a first Ctrl-C does to the *running* tasks of this farmer (its idle workers just exit)"""
+    if not running:
+        return "stopping: no task is running here; the workers exit"
+    them = "it" if running == 1 else "them"
+    gets = "gets" if running == 1 else "get"
+    return (
+        f"stopping: {plural(running, 'running task')} {gets} SIGTERM, SIGKILL after {grace} s;"
+        f" Ctrl-C again to kill {them} now"
+    )

@@ -353,6 +353,7 @@ class Farmer:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
         if self._workers and self.result.stopped is not None:
+            self._drain_events(0)  # the tasks started since the last tick: the listener says how many get SIGTERM
             self._listener(("stopping", len(self._workers), -1, str(self.options.grace), ""))
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:

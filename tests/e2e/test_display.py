@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import LONG, farmer_argv, run_farmer, wait_for, write_tasklist
+from tests.helpers import LONG, cleanup, farmer_argv, run_farmer, start_farmer, wait_for, write_tasklist
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,6 +29,19 @@ def test_a_batch_log_starts_with_a_line_and_says_each_failure(tmp_path: Path) ->
     first = result.stderr.splitlines()[0]
     assert first.startswith("pytaskfarmer: 3 tasks to run (0 finished, 0 failed before) with 2 workers, runner default")
     assert f"task 1 failed (exit:3), log: {tmp_path / 't.txt_workdir' / 'logs' / 'log_1'}" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_first_ctrl_c_counts_the_tasks_running_not_the_workers(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"touch {started}; sleep 30"])
+    farmer = start_farmer(tasklist, "-n", "3", "--grace", "1")
+    with cleanup(farmer):
+        wait_for(started.exists, what="the task running")
+        farmer.send_signal(signal.SIGINT)
+        _, stderr = farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3
+    assert "stopping: 1 running task gets SIGTERM, SIGKILL after 1.0 s; Ctrl-C again to kill it now" in stderr
 
 
 @pytest.mark.timeout(90)
