@@ -44,7 +44,8 @@ def slurm_end_time() -> float | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         _LOGGER.warning("cannot ask Slurm when job %s ends: %s", job, exc)
         return None
-    return parse_end_time(result.stdout.strip())
+    lines = result.stdout.split()  # an array element may be listed twice (seen on Slurm 22.05): same end
+    return parse_end_time(lines[0] if lines else "")
 
 
 def parse_end_time(text: str) -> float | None:

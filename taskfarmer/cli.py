@@ -29,6 +29,7 @@ from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.output import outlive_reader
 from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
+from taskfarmer.submit import add_submit_arguments
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -245,6 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     log.add_argument("task", type=int, help="the task ID (its line number, from 0)")
     log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
+    submit = commands.add_parser(
+        "submit",
+        help="queue farmer jobs for a tasklist on Slurm or HTCondor; they resubmit themselves until it is done",
+        allow_abbrev=False,
+    )
+    add_run_arguments(submit)
+    add_submit_arguments(submit, _positive_int, _count)
+    cancel = commands.add_parser("cancel", help="stop a submitted campaign: drain its farmers, remove its queued jobs")
+    cancel.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    cancel.add_argument("--now", action="store_true", help="also stop the running jobs (their tasks go back)")
+    job = commands.add_parser("job", help="what each job of `taskfarmer submit` runs (see its job script)")
+    job.add_argument("workdir", type=Path, help="the campaign's work directory")
+    job.add_argument("farmer_args", nargs=argparse.REMAINDER, help="-- then the farmer's options and tasklist")
     check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
     check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")
     peer = check_fs.add_mutually_exclusive_group()
@@ -265,7 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed": _failed,
         "log": _log,
         "check-fs": _check_fs,
+        "submit": _submit,
+        "cancel": _cancel,
+        "job": _job,
     }
+    args.words = words[1:]
     return _guarded(handlers[args.verb], args)
 
 
@@ -349,6 +367,29 @@ def _log(args: argparse.Namespace) -> int:
 
     print_log(_existing_workdir(args), args.task, attempt=args.attempt, out=sys.stdout.buffer)
     return EXIT_OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from taskfarmer.submit import submit  # noqa: PLC0415  # imported for this command only
+
+    sys.stdout.write(submit(args, args.words) + "\n")
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from taskfarmer.campaign import Campaign  # noqa: PLC0415  # imported for this command only
+    from taskfarmer.jobs import cancel  # noqa: PLC0415
+
+    store = _existing_workdir(args)
+    sys.stdout.write(cancel(store, Campaign(store.path.resolve()), now=args.now) + "\n")
+    return EXIT_OK
+
+
+def _job(args: argparse.Namespace) -> int:
+    from taskfarmer.jobrun import run_job  # noqa: PLC0415  # imported for this command only
+
+    farmer_args = args.farmer_args[1:] if args.farmer_args[:1] == ["--"] else args.farmer_args
+    return run_job(args.workdir.resolve(), farmer_args)
 
 
 def _check_fs(args: argparse.Namespace) -> int:

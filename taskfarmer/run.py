@@ -37,22 +37,9 @@ def run_tasklist(args: argparse.Namespace) -> int:
 
     :returns: the exit status
     """
-    runner = config.runner_catalog().get(args.runner)
-    runner_object, _ = config.build_runner(runner)  # a wrong definition fails here, before the workdir is touched
-    _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)
-    handler = config.tasklist_catalog().get(args.handler)
-    config.build_tasklist(handler)
-    check_tasklist_has_tasks(args.tasklist)
-    workdir = args.workdir or Path(f"{args.tasklist}_workdir")
-    store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
-    store.max_lost = args.max_lost
-    if why := store.stale_mark():
-        raise WorkDirError(why)
-    store.check_not_foreign()
-    if hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
-        runner_object.preflight(workdir=workdir)
-    store.create()
-    _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist, numbering=args.numbering))
+    prepared = prepare_workdir(args, preflight=True)
+    store, runner, runner_object, handler = prepared.store, prepared.runner, prepared.runner_object, prepared.handler
+    workdir = store.path
     options = FarmerOptions(
         tasklist=args.tasklist.resolve(),
         processes=args.proc,
@@ -91,6 +78,41 @@ def run_tasklist(args: argparse.Namespace) -> int:
     finally:
         display.close()
     return _summarize(store, result, time.monotonic() - started)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A work directory ready for farmers: its tasklist taken in, its runner and handler checked."""
+
+    store: WorkDir
+    runner: config.Definition
+    runner_object: object
+    handler: config.Definition
+
+
+def prepare_workdir(args: argparse.Namespace, *, preflight: bool) -> Prepared:
+    """Check the runner, the tasklist handler and the tasklist, then make the work directory and take the list in.
+
+    *preflight* also checks what the runner needs on this host (an image, an engine): not on a login node that
+    only submits jobs.
+    """
+    runner = config.runner_catalog().get(args.runner)
+    runner_object, _ = config.build_runner(runner)  # a wrong definition fails here, before the workdir is touched
+    _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)
+    handler = config.tasklist_catalog().get(args.handler)
+    config.build_tasklist(handler)
+    check_tasklist_has_tasks(args.tasklist)
+    workdir = args.workdir or Path(f"{args.tasklist}_workdir")
+    store = WorkDir(workdir, lock_path=default_lock_path(workdir, args.lockdir))
+    store.max_lost = args.max_lost
+    if why := store.stale_mark():
+        raise WorkDirError(why)
+    store.check_not_foreign()
+    if preflight and hasattr(runner_object, "preflight"):  # PyTaskFarmer runners have none
+        runner_object.preflight(workdir=workdir)
+    store.create()
+    _report_invalid(args.tasklist, store.sync_tasklist(args.tasklist, numbering=args.numbering))
+    return Prepared(store, runner, runner_object, handler)
 
 
 def _gpus(requested: list[str] | None) -> tuple[str, ...]:

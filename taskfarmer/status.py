@@ -6,12 +6,15 @@ tail of ``accounting.tsv``.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final, TextIO
 
+from taskfarmer import jobs
+from taskfarmer.campaign import Campaign, CampaignError
 from taskfarmer.store import heartbeat_interval
 from taskfarmer.words import plural
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 FAILED_SHOWN: Final = 20
 _RATE_WINDOW: Final = 600.0  # seconds of recent completions the rate is computed over
 _TAIL_BYTES: Final = 256 * 1024
+_ENDED_JOBS_SHOWN: Final = 5
+_LIVE_JOBS_SHOWN: Final = 20
 
 
 @dataclass
@@ -37,6 +42,8 @@ class StatusReport:
     failed_not_shown: int = 0
     running: list[dict[str, object]] = field(default_factory=list)
     farmers: list[dict[str, object]] = field(default_factory=list)
+    campaign: dict[str, object] | None = None  # from `taskfarmer submit`: its scheduler and how many jobs
+    jobs: list[dict[str, object]] = field(default_factory=list)
 
 
 def collect(store: WorkDir) -> StatusReport:
@@ -59,7 +66,32 @@ def collect(store: WorkDir) -> StatusReport:
     report.failed, report.failed_not_shown = _failed(store)
     report.running = _running(store)
     report.farmers = _farmers(store)
+    report.campaign, report.jobs = _campaign(store)
     return report
+
+
+def _campaign(store: WorkDir) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+    """:returns: the campaign's summary and its jobs (the scheduler asked at most every 30 s, by anyone)"""
+    campaign = Campaign(store.path.resolve())
+    if not campaign.exists():
+        return None, []
+    try:
+        state = campaign.load()
+    except CampaignError as exc:
+        return {"error": str(exc)}, []
+    queue = jobs.queue_view(campaign, state)
+    rows = jobs.job_rows(campaign, state, queue)
+    summary: dict[str, object] = {
+        "scheduler": state.settings.scheduler,
+        "jobs": len(rows),
+        "live": jobs.live_jobs(rows),
+        "successors": state.successors,
+        "resubmits": state.settings.resubmits,
+        "cancelled": state.cancelled,
+        "stopped": state.stopped,
+        "queue_age_s": round(time.time() - queue.at, 1) if queue else None,
+    }
+    return summary, [asdict(row) for row in rows]
 
 
 def _recent_rate(accounting: Path) -> float | None:
@@ -188,6 +220,8 @@ def format_text(report: StatusReport) -> str:
     lines += [
         f"  farmer   {f['name']}: {plural(int(str(f['workers'])), 'worker')}, {f['state']}" for f in report.farmers
     ]
+    if report.campaign is not None:
+        lines += _campaign_lines(report.campaign, report.jobs)
     return "\n".join(lines) + "\n"
 
 
@@ -204,3 +238,29 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -> list[str]:
+    if "error" in campaign:
+        return [f"  campaign {campaign['error']}"]
+    age = campaign["queue_age_s"]
+    asked = f"queue as of {format_duration(float(str(age)))} ago" if age is not None else "queue unknown from here"
+    states = collections.Counter(str(row["state"]) for row in rows)
+    state = "cancelled" if campaign["cancelled"] else f"stopped ({campaign['stopped']})" if campaign["stopped"] else ""
+    lines = [
+        f"  campaign {campaign['scheduler']}, {plural(len(rows), 'job')}"
+        f" ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}),"
+        f" {campaign['successors']} of {campaign['resubmits']} successors used, {asked}"
+        + (f", {state}" if state else "")
+    ]
+    live = [row for row in rows if row["state"] in ("queued", "running", "held")]
+    ended = [row for row in rows if row not in live][-_ENDED_JOBS_SHOWN:]
+    for row in [*ended, *live[:_LIVE_JOBS_SHOWN]]:
+        since = row["since"]
+        when = f" for {format_duration(time.time() - float(str(since)))}" if since and row in live else ""
+        where = f" on {row['host']}" if row["host"] else ""
+        detail = f": {row['detail']}" if row["detail"] else ""
+        lines.append(f"  job      {row['id']} {row['state']}{where}{when}{detail}")
+    if len(live) > _LIVE_JOBS_SHOWN:
+        lines.append(f"  ... and {len(live) - _LIVE_JOBS_SHOWN} more queued or running jobs")
+    return lines
