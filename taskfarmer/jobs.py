@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 from taskfarmer import maintenance, schedulers
 from taskfarmer.campaign import Campaign, CampaignError, CampaignState, JobRecord, write_json
 from taskfarmer.schedulers import HELD, QUEUED, RUNNING, QueuedJob
+from taskfarmer.words import plural
 
 if TYPE_CHECKING:
     from taskfarmer.store import WorkDir
@@ -123,5 +124,8 @@ def cancel(store: WorkDir, campaign: Campaign, *, now: bool) -> str:
     with contextlib.suppress(OSError):
         campaign.queue_file.unlink()  # the next status asks again
     if now:
-        return f"removed {queued} queued and {running} running jobs (their farmers return their tasks); {drained}"
-    return f"removed {queued} queued jobs; {running} running jobs drain: {drained}"
+        return (
+            f"removed {plural(queued, 'queued job')} and {plural(running, 'running job')} (their farmers return"
+            f" their tasks); {drained}"
+        )
+    return f"removed {plural(queued, 'queued job')}; {plural(running, 'running job')} drain: {drained}"
