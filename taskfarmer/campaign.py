@@ -167,6 +167,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace *path* with *data* at once: a reader sees the old file or the new one, never half of it."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it (mkstemp's 0600 hides it from a shared group)
         with os.fdopen(fd, "w") as out:
             json.dump(data, out, indent=1)
             out.write("\n")
@@ -174,6 +175,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def parse_duration(text: str) -> float:
