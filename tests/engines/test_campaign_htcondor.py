@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import shutil
 import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
@@ -21,6 +20,7 @@ from tests.helpers import LONG, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.timeout(420)]
 __all__ = ["jobdir"]  # the fixture, shared with the tests of the example submit file
