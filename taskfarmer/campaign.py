@@ -204,13 +204,13 @@ def parse_duration(text: str) -> float:
 
 
 def _slurm_duration(text: str) -> float:
-    days, _, clock = text.rpartition("-")
+    days, dash, clock = text.rpartition("-")
     parts = clock.split(":")
-    if not all(part.isdigit() for part in [*parts, *([days] if days else [])]) or len(parts) > 3:
+    if not all(part.isdigit() for part in [*parts, *([days] if dash else [])]) or len(parts) > 3:
         msg = f"wall time {text!r} is not like 90 (minutes), 30:00, 2:00:00, 1-12:00:00, 45s, 30m, 2h or 1d"
         raise CampaignError(msg)
     numbers = [int(part) for part in parts]
-    if days:  # days-hours[:minutes[:seconds]]
+    if dash:  # days-hours[:minutes[:seconds]]
         hours, minutes, seconds = [*numbers, 0, 0][:3]
         return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
     if len(numbers) == 1:  # minutes

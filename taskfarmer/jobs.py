@@ -72,11 +72,14 @@ def _read_queue(campaign: Campaign) -> QueueView | None:
 def job_rows(campaign: Campaign, state: CampaignState, queue: QueueView | None) -> list[JobRow]:
     """:returns: every job the campaign submitted, oldest first, with what it is doing or how it ended"""
     records = campaign.read_jobs()
-    return [
-        _row(job_id, submission.at, records.get(job_id), queue)
+    rows = [
+        _row(job_id, submission.at, records.pop(job_id, None), queue)
         for submission in state.submissions
         for job_id in _job_ids(state.settings.scheduler, submission.id, submission.count)
     ]
+    # Jobs of the job script submitted by hand (or run outside a scheduler): known from their own records only.
+    rows += [_row(r.id, r.started, r, queue) for r in sorted(records.values(), key=lambda r: r.started)]
+    return rows
 
 
 def _job_ids(scheduler: str, submission: str, count: int) -> list[str]:

@@ -58,6 +58,7 @@ class Scheduler(Protocol):
     """What a campaign needs from a batch system."""
 
     name: ClassVar[str]
+    submit_command: ClassVar[str]
 
     def write_job_files(self, campaign: Campaign, settings: Settings, command: str) -> Path:
         """Write the job script (and submit description) that runs *command*.
@@ -113,6 +114,7 @@ class Slurm:
     """``sbatch --array``, ``squeue --name``, ``scancel --name``."""
 
     name: ClassVar[str] = "slurm"
+    submit_command: ClassVar[str] = "sbatch"
 
     def write_job_files(self, campaign: Campaign, settings: Settings, command: str) -> Path:
         """The batch script, with every option as an ``#SBATCH`` line."""
@@ -176,6 +178,7 @@ class HTCondor:
     """``condor_submit -queue N``, ``condor_q -constraint``, ``condor_rm -constraint``."""
 
     name: ClassVar[str] = "htcondor"
+    submit_command: ClassVar[str] = "condor_submit"
 
     def write_job_files(self, campaign: Campaign, settings: Settings, command: str) -> Path:
         """The executable ``job.sh`` and the submit description ``job.sub`` (without its queue statement)."""

@@ -124,17 +124,22 @@ def submit(args: argparse.Namespace, words: Sequence[str]) -> str:
     if scheduler_name == "htcondor" and args.nodes > 1:
         msg = "--nodes: HTCondor jobs run on one machine each; ask for more --jobs instead"
         raise CampaignError(msg)
+    scheduler = schedulers.by_name(scheduler_name)
+    if not args.dry_run and shutil.which(scheduler.submit_command) is None:
+        msg = f"{scheduler.submit_command} is not on PATH: run this on a host that can submit {scheduler_name} jobs."
+        raise CampaignError(msg)
     farmer_args = farmer_words(words)
+    campaign = Campaign((args.workdir or Path(f"{args.tasklist}_workdir")).resolve())
+    settings = _settings(args, scheduler_name, campaign, farmer_args)  # checked before the work directory is made
     store = prepare_workdir(args, preflight=False).store
-    campaign = Campaign(store.path.resolve())
-    settings = _settings(args, scheduler_name, campaign, farmer_args)
     left = store.counts().left
     if left == 0:
         return f"nothing to submit: every task of {args.tasklist} finished or failed (work directory {store.path})"
-    scheduler = schedulers.by_name(scheduler_name)
     campaign.create()
     job_file = scheduler.write_job_files(campaign, settings, _job_command(campaign.workdir, farmer_args))
     if args.dry_run:
+        with campaign.update(CampaignState(settings)) as current:
+            current.settings = settings  # the jobs of a hand-made submission read it
         return f"wrote {job_file} (not submitted: --dry-run):\n{job_file.read_text()}"
     lines = _submit_jobs(store, campaign, scheduler, settings, job_file)
     lines[0] += f" for {plural(left, 'task')} to run; work directory {store.path}, job script {job_file}"
