@@ -251,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer.add_argument("--peer", type=Path, help="the same directory through another mount point")
     peer.add_argument("--peer-serve", action="store_true", help="check with a host that runs --peer-wait on DIR")
     peer.add_argument("--peer-wait", action="store_true", help="answer the --peer-serve of another host on DIR")
+    report = commands.add_parser("report", help="write an HTML page of plots and tables of a work directory's tasks")
+    report.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    report.add_argument("--output", "-o", type=Path, help="the HTML file to write (default: WORKDIR/report.html)")
     words = sys.argv[1:] if argv is None else list(argv)
     if not words:
         parser.print_help(sys.stderr)  # rather than "the following arguments are required: verb"
@@ -265,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed": _failed,
         "log": _log,
         "check-fs": _check_fs,
+        "report": _report,
     }
     return _guarded(handlers[args.verb], args)
 
@@ -348,6 +352,14 @@ def _log(args: argparse.Namespace) -> int:
     from taskfarmer.logs import print_log  # noqa: PLC0415  # imported for this command only
 
     print_log(_existing_workdir(args), args.task, attempt=args.attempt, out=sys.stdout.buffer)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from taskfarmer.report import write_report  # noqa: PLC0415  # imported for this command only (and matplotlib)
+
+    store = _existing_workdir(args)
+    sys.stdout.write(f"{write_report(store, args.output or store.path / 'report.html')}\n")
     return EXIT_OK
 
 
