@@ -212,15 +212,19 @@ def running_by_host(acc: Accounting) -> dict[str, tuple[list[float], list[int]]]
     An attempt runs from its start (included) to its end (excluded): one that starts as another ends on the same
     worker does not count twice.
     """
-    events: list[list[tuple[float, int]]] = [[] for _ in acc.hosts]
+    starts: list[array[float]] = [array("d") for _ in acc.hosts]
+    ends: list[array[float]] = [array("d") for _ in acc.hosts]
     for start, end, host in zip(acc.start, acc.end, acc.host, strict=True):
-        events[host] += ((start, 1), (end, -1))
+        starts[host].append(start)
+        ends[host].append(end)
     curves: dict[str, tuple[list[float], list[int]]] = {}
-    for name, changes in zip(acc.hosts, events, strict=True):
+    for name, host_starts, host_ends in zip(acc.hosts, starts, ends, strict=True):
         times: list[float] = []
         running: list[int] = []
         level = 0
-        for instant, delta in sorted(changes):  # at one instant, ends (-1) sort before starts (+1)
+        # Two sorted runs merged, rather than 2N (time, change) pairs sorted: a fraction of the memory and time.
+        changes = heapq.merge(((end, -1) for end in sorted(host_ends)), ((start, 1) for start in sorted(host_starts)))
+        for instant, delta in changes:  # at one instant, ends (-1) come before starts (+1)
             level += delta
             if times and times[-1] == instant:
                 running[-1] = level
