@@ -281,7 +281,8 @@ def header_rows(data: ReportData) -> Iterator[tuple[str, str]]:
     yield "attempts", str(data.accounting.size)
     if span is not None:
         yield "time span", f"{utc(span[0])} to {utc(span[1])} ({_hours(span[1] - span[0])})"
-    yield "CPU time", f"{data.cpu_hours:.2f} hours (user + system, every attempt)"
+    cpu = data.accounting.cpu_seconds
+    yield "CPU time", f"{data.cpu_hours:.2f} hours ({_hours(cpu)}: user + system, every attempt)"
 
 
 def utc(epoch: float) -> str:
