@@ -265,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer.add_argument("--peer", type=Path, help="the same directory through another mount point")
     peer.add_argument("--peer-serve", action="store_true", help="check with a host that runs --peer-wait on DIR")
     peer.add_argument("--peer-wait", action="store_true", help="answer the --peer-serve of another host on DIR")
+    report = commands.add_parser("report", help="write an HTML page of plots and tables of a work directory's tasks")
+    report.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    report.add_argument("--output", "-o", type=Path, help="the HTML file to write (default: WORKDIR/report.html)")
     words = sys.argv[1:] if argv is None else list(argv)
     if not words:
         parser.print_help(sys.stderr)  # rather than "the following arguments are required: verb"
@@ -282,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit": _submit,
         "cancel": _cancel,
         "job": _job,
+        "report": _report,
     }
     args.words = words[1:]
     return _guarded(handlers[args.verb], args)
@@ -390,6 +394,14 @@ def _job(args: argparse.Namespace) -> int:
 
     farmer_args = args.farmer_args[1:] if args.farmer_args[:1] == ["--"] else args.farmer_args
     return run_job(args.workdir.resolve(), farmer_args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from taskfarmer.report import write_report  # noqa: PLC0415  # imported for this command only (and matplotlib)
+
+    store = _existing_workdir(args)
+    sys.stdout.write(f"{write_report(store, args.output or store.path / 'report.html')}\n")
+    return EXIT_OK
 
 
 def _check_fs(args: argparse.Namespace) -> int:

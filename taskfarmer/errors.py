@@ -29,3 +29,7 @@ class WorkDirError(TaskFarmerError):
 
 class EngineNotFoundError(TaskFarmerError):
     """An executable a runner needs is not on PATH or does not run."""
+
+
+class MissingDependencyError(TaskFarmerError):
+    """An optional package a command needs (an extra such as ``report``) is not installed."""

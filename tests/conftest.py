@@ -17,7 +17,7 @@ from tests.helpers import engine_available
 if TYPE_CHECKING:
     from pathlib import Path
 
-ENGINE_MARKERS = ("docker", "apptainer", "slurm", "htcondor", "glusterfs", "pytaskfarmer010")
+ENGINE_MARKERS = ("docker", "apptainer", "slurm", "htcondor", "glusterfs", "pytaskfarmer010", "chromium")
 
 
 @pytest.fixture(autouse=True)

@@ -137,6 +137,7 @@ def engine_available(name: str) -> str | None:
         "htcondor": lambda: _command_probe(["condor_status", "-total"]),
         "glusterfs": _glusterfs_probe,
         "pytaskfarmer010": _pytaskfarmer010_probe,
+        "chromium": lambda: _command_probe(["chromium", "--version"]),
     }
     return probes[name]()
 
