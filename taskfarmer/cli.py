@@ -246,28 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     log.add_argument("task", type=int, help="the task ID (its line number, from 0)")
     log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
-    submit = commands.add_parser(
-        "submit",
-        help="queue farmer jobs for a tasklist on Slurm or HTCondor; they resubmit themselves until it is done",
-        allow_abbrev=False,
-    )
-    add_run_arguments(submit)
-    add_submit_arguments(submit, _positive_int, _count)
-    cancel = commands.add_parser("cancel", help="stop a submitted campaign: drain its farmers, remove its queued jobs")
-    cancel.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
-    cancel.add_argument("--now", action="store_true", help="also stop the running jobs (their tasks go back)")
-    job = commands.add_parser("job", help="what each job of `taskfarmer submit` runs (see its job script)")
-    job.add_argument("workdir", type=Path, help="the campaign's work directory")
-    job.add_argument("farmer_args", nargs=argparse.REMAINDER, help="-- then the farmer's options and tasklist")
     check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
     check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")
     peer = check_fs.add_mutually_exclusive_group()
     peer.add_argument("--peer", type=Path, help="the same directory through another mount point")
     peer.add_argument("--peer-serve", action="store_true", help="check with a host that runs --peer-wait on DIR")
     peer.add_argument("--peer-wait", action="store_true", help="answer the --peer-serve of another host on DIR")
-    report = commands.add_parser("report", help="write an HTML page of plots and tables of a work directory's tasks")
-    report.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
-    report.add_argument("--output", "-o", type=Path, help="the HTML file to write (default: WORKDIR/report.html)")
+    _add_campaign_commands(commands)
     words = sys.argv[1:] if argv is None else list(argv)
     if not words:
         parser.print_help(sys.stderr)  # rather than "the following arguments are required: verb"
@@ -289,6 +274,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.words = words[1:]
     return _guarded(handlers[args.verb], args)
+
+
+def _add_campaign_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
+    """The commands of a campaign of batch jobs: submit, cancel, job, report."""
+    submit = commands.add_parser(
+        "submit",
+        help="queue farmer jobs for a tasklist on Slurm or HTCondor; they resubmit themselves until it is done",
+        allow_abbrev=False,
+    )
+    add_run_arguments(submit)
+    add_submit_arguments(submit, _positive_int, _count)
+    cancel = commands.add_parser("cancel", help="stop a submitted campaign: drain its farmers, remove its queued jobs")
+    cancel.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    cancel.add_argument("--now", action="store_true", help="also stop the running jobs (their tasks go back)")
+    job = commands.add_parser("job", help="what each job of `taskfarmer submit` runs (see its job script)")
+    job.add_argument("workdir", type=Path, help="the campaign's work directory")
+    job.add_argument("farmer_args", nargs=argparse.REMAINDER, help="-- then the farmer's options and tasklist")
+    report = commands.add_parser("report", help="write an HTML page of plots and tables of a work directory's tasks")
+    report.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
+    report.add_argument("--output", "-o", type=Path, help="the HTML file to write (default: WORKDIR/report.html)")
 
 
 def _guarded(command: object, args: argparse.Namespace) -> int:
