@@ -192,3 +192,16 @@ def test_usr1_moves_a_job_to_its_successor(tmp_path: Path, campaigns: Campaigns)
     records = Campaign(workdir.resolve()).read_jobs()
     assert "successor" in records[first].outcome, records[first]
     assert len(records) == 2
+
+
+def test_a_job_of_several_nodes_runs_one_farmer_on_each(tmp_path: Path, campaigns: Campaigns) -> None:
+    tasklist, out = _tasklist(tmp_path, 40, "sleep 0.3")
+    campaigns.submit(tasklist, "--nodes", "2", "--cpus", "1")
+    workdir = tmp_path / "tasks.txt_workdir"
+    campaigns.wait_no_job(workdir, timeout=LONG * 4)
+
+    assert sorted(ids(workdir / "finished")) == list(range(40)), campaigns.diagnostics(workdir)
+    nodes = collections.Counter(line.split()[1] for line in lines(out))
+    assert len(nodes) == 2, nodes  # one farmer per node of the job, both on the list
+    (record,) = Campaign(workdir.resolve()).read_jobs().values()
+    assert record.farmer_status == 0
