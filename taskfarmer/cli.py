@@ -281,6 +281,9 @@ def _add_campaign_commands(commands: argparse._SubParsersAction[_Parser]) -> Non
     submit = commands.add_parser(
         "submit",
         help="queue farmer jobs for a tasklist on Slurm or HTCondor; they resubmit themselves until it is done",
+        description="Queue farmer jobs for TASKLIST on Slurm or HTCondor. Each job stops its farmer before its wall"
+        " time and submits its successor while tasks are left. Example: taskfarmer submit --jobs 4 --cpus 8"
+        " --time 2:00:00 tasks.txt --retries 1",
         allow_abbrev=False,
     )
     add_run_arguments(submit)

@@ -64,7 +64,9 @@ def add_submit_arguments(
     parser: argparse.ArgumentParser, positive: Callable[[str], int], count: Callable[[str], int]
 ) -> None:
     """The options of ``submit`` (beside the farmer's, which the jobs pass on)."""
-    group = parser.add_argument_group("jobs (the other options are the farmers')")
+    group = parser.add_argument_group(
+        "jobs", "The other options go to every farmer, except --max-failures, which counts the whole campaign's."
+    )
     group.add_argument(
         "--scheduler", choices=tuple(schedulers.SCHEDULERS), help="default: slurm if sbatch is on PATH, else htcondor"
     )
