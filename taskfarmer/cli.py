@@ -42,6 +42,7 @@ EXIT_STOPPED: Final = 3
 EXIT_BROKEN: Final = 4
 EXIT_INTERRUPTED: Final = 130
 EXIT_BROKEN_PIPE: Final = 141  # what a shell reports for a command killed by SIGPIPE
+MIN_WATCH_INTERVAL: Final = 0.5  # seconds: status --watch refreshes no more often
 
 
 class _Parser(argparse.ArgumentParser):
@@ -224,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="show the state of a work directory (also while farmers run)")
     status.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     status.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    status.add_argument("--watch", action="store_true", help="a live view, refreshed until q or Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between two refreshes (default: 2)")
+    status.add_argument("--count", type=_positive_int, help="refresh this many times, then exit")
     runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
     runners.add_argument("name", nargs="?", help="show this runner: its definition and what a task would run")
     runners.add_argument("--command", default="echo hello $PROC_NUMBER", help="the task line of the dry run")
@@ -347,8 +351,23 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
 def _status(args: argparse.Namespace) -> int:
     from taskfarmer.status import print_status  # noqa: PLC0415  # imported for this command only
 
+    if args.watch:
+        _check_watch(args)
+        from taskfarmer.watch import watch  # noqa: PLC0415  # imported for this command only
+
+        watch(_existing_workdir(args), interval=args.interval, count=args.count, out=sys.stdout)
+        return EXIT_OK
     print_status(_existing_workdir(args), sys.stdout, as_json=args.json)
     return EXIT_OK
+
+
+def _check_watch(args: argparse.Namespace) -> None:
+    if args.json:
+        msg = "--watch draws a live view: it cannot be --json too (run status --json as often as you need)"
+        raise TaskFarmerError(msg)
+    if args.interval < MIN_WATCH_INTERVAL:
+        msg = f"--interval {args.interval:g}: at least {MIN_WATCH_INTERVAL:g} s, to spare the shared filesystem"
+        raise TaskFarmerError(msg)
 
 
 def _requeue(args: argparse.Namespace) -> int:

@@ -65,12 +65,12 @@ def collect(store: WorkDir) -> StatusReport:
     )
     report.failed, report.failed_not_shown = _failed(store)
     report.running = _running(store)
-    report.farmers = _farmers(store)
-    report.campaign, report.jobs = _campaign(store)
+    report.farmers = farmer_states(store)
+    report.campaign, report.jobs = campaign_summary(store)
     return report
 
 
-def _campaign(store: WorkDir) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+def campaign_summary(store: WorkDir) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
     """:returns: the campaign's summary and its jobs (the scheduler asked at most every 30 s, by anyone)"""
     campaign = Campaign(store.path.resolve())
     if not campaign.exists():
@@ -116,7 +116,8 @@ def _recent_rate(accounting: Path) -> float | None:
     return len(recent) / span
 
 
-def _latest_log(store: WorkDir, taskid: int) -> str:
+def latest_log(store: WorkDir, taskid: int) -> str:
+    """:returns: the log of the last attempt of task *taskid* (files mode)"""
     attempt, path = 1, store.logs / f"log_{taskid}"
     while (store.logs / f"log_{taskid}.{attempt + 1}").exists():
         attempt += 1
@@ -135,7 +136,7 @@ def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:
             taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
             if taskid.isdigit():
                 entry = {"task": int(taskid), "status": status, "command": command}
-                entry["log"] = _latest_log(store, int(taskid))
+                entry["log"] = latest_log(store, int(taskid))
                 shown.append(entry)
     return shown, hidden
 
@@ -156,7 +157,8 @@ def _running(store: WorkDir) -> list[dict[str, object]]:
     ]
 
 
-def _farmers(store: WorkDir) -> list[dict[str, object]]:
+def farmer_states(store: WorkDir) -> list[dict[str, object]]:
+    """:returns: every registered farmer with its host, workers and state (alive, late, presumed dead...)"""
     farmers: list[dict[str, object]] = []
     for name, (record, age) in sorted(store.read_farmers().items()):
         if record.holder.is_local():
@@ -206,14 +208,14 @@ def format_text(report: StatusReport) -> str:
         eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s and alive else ""
         lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
-        f"  failed   task {f['task']} ({f['status']}): {_cut(f['command'])}  log: {f['log']}" for f in report.failed
+        f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}  log: {f['log']}" for f in report.failed
     ]
     if report.failed_not_shown:
         lines.append(f"  ... and {plural(report.failed_not_shown, 'more failed task')}: see {report.workdir}/failed")
     lines += [
         (
             f"  running  task {r['task']} on {r['host']} ({r['farmer']} worker {r['worker']})"
-            f" for {format_duration(float(str(r['age_s'])))}: {_cut(r['command'])}"
+            f" for {format_duration(float(str(r['age_s'])))}: {cut(r['command'])}"
         )
         for r in report.running
     ]
@@ -221,11 +223,11 @@ def format_text(report: StatusReport) -> str:
         f"  farmer   {f['name']}: {plural(int(str(f['workers'])), 'worker')}, {f['state']}" for f in report.farmers
     ]
     if report.campaign is not None:
-        lines += _campaign_lines(report.campaign, report.jobs)
+        lines += campaign_lines(report.campaign, report.jobs)
     return "\n".join(lines) + "\n"
 
 
-def _cut(command: object, width: int = 60) -> str:
+def cut(command: object, width: int = 60) -> str:
     """:returns: *command* on at most *width* characters, an ellipsis saying when it was cut"""
     text = str(command)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -240,7 +242,8 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -> list[str]:
+def campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -> list[str]:
+    """:returns: the lines of ``status`` about the campaign and its jobs"""
     if "error" in campaign:
         return [f"  campaign {campaign['error']}"]
     age = campaign["queue_age_s"]

@@ -79,11 +79,13 @@ __all__ = [
     "Outcome",
     "SlotLog",
     "SlotRecord",
+    "SlotView",
     "StaleViewError",
     "Task",
     "WorkDir",
     "ended",
     "host_name",
+    "slot_counts",
 ]
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -494,7 +496,11 @@ class WorkDir:
             return [], []
         size = self._journal.sizes()[self.toprocess.name]
         start = size - sum(len(line) + 1 for line in top[len(top) - examined :])
-        self.queue_left = start * len(tasks) // max(size - start, 1)
+        # Lines left, estimated from the mean length of the lines read (those claimed and the next ones): the
+        # claimed lines alone may be much shorter than the rest, and too large a guess gives the tail to one worker.
+        claimed_bytes = (size - start) / len(tasks)
+        window_bytes = sum(len(line) + 1 for line in top) / len(top)
+        self.queue_left = int(start / max(claimed_bytes, window_bytes, 1))
         queue: list[Action] = [Truncate(self.toprocess.name, start)]
         if passed:
             queue.append(WriteAt(self.toprocess.name, start, b"".join(line + b"\n" for line in reversed(passed))))
@@ -602,12 +608,7 @@ class WorkDir:
 
     def running_tasks(self) -> list[SlotRecord]:
         """:returns: the tasks running now, in every farmer (no lock: what the slot files say)"""
-        running = []
-        for path in sorted(self.running.iterdir()):
-            view = _slots.read(path)
-            if view is not None:
-                running.extend(view.running())
-        return running
+        return [record for view in self.slot_views() for record in view.running()]
 
     def read_farmers(self) -> dict[str, tuple[FarmerRecord, float]]:
         """:returns: every registered farmer with the age in seconds of its heartbeat"""
@@ -791,22 +792,16 @@ class WorkDir:
         """:returns: the number of tasks in each state, with what the slot files hold and have not yet written to
         the shared files (reads the state files: O(list) bytes, no lock)
         """
-        counts = Counts(
-            toprocess=_count_lines(self.toprocess),
-            finished=_count_lines(self.finished),
-            failed=_count_lines(self.failed),
-        )
-        for path in self.running.iterdir():
-            view = _slots.read(path)
-            if view is None:
-                continue
-            done = [end.state for end in view.ended]
-            counts.finished += done.count(_slots.FINISHED)
-            counts.failed += done.count(_slots.FAILED)
-            running = len(view.running())
-            counts.running += running
-            counts.claimed += len(view.back_to_queue()) - running
+        counts = slot_counts(self.slot_views())
+        counts.toprocess = _count_lines(self.toprocess)
+        counts.finished += _count_lines(self.finished)
+        counts.failed += _count_lines(self.failed)
         return counts
+
+    def slot_views(self) -> list[SlotView]:
+        """:returns: every worker's slot file, read back (no lock; one read per worker, whatever the list's length)"""
+        views = (_slots.read(path) for path in sorted(self.running.iterdir()))
+        return [view for view in views if view is not None]
 
 
 class StaleViewError(WorkDirError):
@@ -836,6 +831,19 @@ def _remove_empty(directories: list[Path]) -> None:
 def heartbeat_interval(lease: float) -> float:
     """:returns: how often a farmer with this lease touches its heartbeat file"""
     return max(lease / 10, 0.5)
+
+
+def slot_counts(views: list[SlotView]) -> Counts:
+    """:returns: what the slot files hold: tasks running, claimed, and ended but not yet written to the shared files"""
+    counts = Counts()
+    for view in views:
+        done = [end.state for end in view.ended]
+        counts.finished += done.count(_slots.FINISHED)
+        counts.failed += done.count(_slots.FAILED)
+        running = len(view.running())
+        counts.running += running
+        counts.claimed += len(view.back_to_queue()) - running
+    return counts
 
 
 def _count_lines(path: Path) -> int:
