@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
@@ -20,7 +22,6 @@ from tests.helpers import LONG, ids, lines, throttled, wait_for, write_tasklist
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = [pytest.mark.htcondor, pytest.mark.timeout(420)]
 __all__ = ["jobdir"]  # the fixture, shared with the tests of the example submit file
@@ -43,7 +44,7 @@ class Campaigns:
 
     def outside(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """Run ``taskfarmer ARGV`` with the test's Python. :returns: the completed process"""
-        return self._run(["taskfarmer", *argv])
+        return self._run([str(Path(sys.executable).parent / "taskfarmer"), *argv])
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(argv, capture_output=True, text=True, cwd=self.jobdir, timeout=LONG * 2, check=False)
