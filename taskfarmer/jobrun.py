@@ -13,6 +13,7 @@ stops the whole campaign when ``--max-failures`` failed tasks are reached, and a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -83,10 +84,12 @@ class JobRun:
         return counts.finished + counts.failed
 
     def _timeout(self) -> float | None:
+        """:returns: when the farmer must stop: *margin* before the job's end, or the user's --timeout if sooner"""
+        limits = [given] if (given := _given_timeout(self.farmer_args)) is not None else []
         end = self.scheduler.end_time(self.record.started, self.state.settings)
-        if end is None:
-            return None
-        return max(end - time.time() - self.state.settings.margin_seconds, 1.0)
+        if end is not None:
+            limits.append(max(end - time.time() - self.state.settings.margin_seconds, 1.0))
+        return min(limits, default=None)
 
     def _farmer_argv(self) -> list[str]:
         settings = self.state.settings
@@ -191,3 +194,18 @@ class JobRun:
 def run_job(workdir: Path, farmer_args: list[str]) -> int:
     """:returns: the exit status of the job running this farmer"""
     return JobRun(workdir, farmer_args).run()
+
+
+def _given_timeout(farmer_args: list[str]) -> float | None:
+    """:returns: the last ``--timeout`` among the farmer's options (``submit`` checked that it is a number)"""
+    found = None
+    for index, word in enumerate(farmer_args):
+        if word == "--timeout" and index + 1 < len(farmer_args):
+            value = farmer_args[index + 1]
+        elif word.startswith("--timeout="):
+            value = word.split("=", 1)[1]
+        else:
+            continue
+        with contextlib.suppress(ValueError):
+            found = float(value)
+    return found

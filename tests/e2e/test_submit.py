@@ -121,3 +121,26 @@ def test_a_job_run_by_hand_from_its_script_runs_the_list_and_records_itself(tmp_
     status = _taskfarmer(tmp_path, "status", "t.txt")
     assert status.returncode == 0, status.stderr
     assert f"job      {record.id} done" in status.stdout
+
+
+def test_a_farmer_timeout_given_to_submit_ends_the_job_as_its_wall_time_would(tmp_path: Path) -> None:
+    write_tasklist(tmp_path / "t.txt", ["sleep 1"] * 20)
+    dry = _taskfarmer(
+        tmp_path, "submit", "--scheduler", "htcondor", "--dry-run", "--time", "10m", "t.txt", "--timeout", "2"
+    )
+    assert dry.returncode == 0, dry.stderr
+    command = (tmp_path / "t.txt_workdir" / "campaign" / "job.sh").read_text().splitlines()[-1]
+    job = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin"},  # no condor_submit here
+        timeout=LONG * 2,
+        check=False,
+    )
+    (record,) = Campaign(tmp_path / "t.txt_workdir").read_jobs().values()
+    assert record.farmer_status == 3
+    assert 0 < record.finished_tasks <= 4  # stopped after 2 s, not 10 minutes less the margin
+    assert "stopped at its wall time" in record.outcome
+    assert "submitting a successor failed: condor_submit is not on PATH" in record.outcome
