@@ -139,6 +139,7 @@ def test_a_farmer_timeout_given_to_submit_ends_the_job_as_its_wall_time_would(tm
         timeout=LONG * 2,
         check=False,
     )
+    assert job.returncode == 3, job.stderr  # stopped, and no successor could follow
     (record,) = Campaign(tmp_path / "t.txt_workdir").read_jobs().values()
     assert record.farmer_status == 3
     assert 0 < record.finished_tasks <= 4  # stopped after 2 s, not 10 minutes less the margin
