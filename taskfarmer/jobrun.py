@@ -53,6 +53,7 @@ class JobRun:
         job_id = self.scheduler.own_job_id() or f"{host_name()}-{started:.0f}"
         self.record = JobRecord(id=job_id, host=host_name(), started=started)
         self.signalled: signal.Signals | None = None
+        self.successor: str | None = None  # the job this one submitted to go on after it
         self.deadline: float | None = None  # when the farmer stops by itself (--timeout), before the wall time
         self._farmer: subprocess.Popen[bytes] | None = None
 
@@ -179,6 +180,7 @@ class JobRun:
             except CampaignError as exc:
                 return f"stopped at its wall time; {left} tasks left; submitting a successor failed: {exc}"
             state.submissions.append(Submission(submission_id, 1, time.time(), by=self.record.id))
+        self.successor = ids[0]
         return f"stopped at its wall time with {left} tasks left: successor {ids[0]}"
 
     def _end(self, status: int | None, outcome: str) -> int:
@@ -187,7 +189,7 @@ class JobRun:
         self.record.outcome = outcome
         self.campaign.write_job(self.record)
         _LOGGER.warning("job %s: %s", self.record.id, outcome)
-        done = status in (None, 0, 1) or "successor " in outcome
+        done = status in (None, 0, 1) or self.successor is not None
         return 0 if done else status or 0
 
 
