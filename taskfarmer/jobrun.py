@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Final
 from taskfarmer import maintenance, schedulers
 from taskfarmer.campaign import Campaign, CampaignError, JobRecord, Submission
 from taskfarmer.errors import TaskFarmerError
-from taskfarmer.store import WorkDir, recorded_lock_path
+from taskfarmer.store import WorkDir, recorded_lock_path, slot_counts
 from taskfarmer.store._leases import host_name
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class JobRun:
         if self.state.cancelled:
             return "the campaign was cancelled"
         if self.state.stopped:
-            return self.state.stopped
+            return f"the campaign stopped ({self.state.stopped})"
         if self.store.drain_requested():
             return f"{self.store.drain_file} exists (taskfarmer drain)"
         return ""
@@ -83,6 +83,12 @@ class JobRun:
     def _ended_tasks(self) -> int:
         counts = self.store.counts()
         return counts.finished + counts.failed
+
+    def _failed_tasks(self) -> int:
+        """:returns: the failed tasks of the work directory (reads ``failed`` and the slots, not ``finished``)"""
+        with self.store.failed.open("rb") as failed:
+            written = sum(block.count(b"\n") for block in iter(lambda: failed.read(1 << 20), b""))
+        return written + slot_counts(self.store.slot_views()).failed
 
     def _timeout(self) -> float | None:
         """:returns: when the farmer must stop: *margin* before the job's end, or the user's --timeout if sooner"""
@@ -96,10 +102,10 @@ class JobRun:
         settings = self.state.settings
         argv = [sys.executable, "-m", "taskfarmer", "run", "--proc", str(settings.cpus), *self.farmer_args]
         if (timeout := self._timeout()) is not None:
-            argv += ["--timeout", f"{timeout:.0f}"]
+            argv += ["--timeout", f"{timeout:.1f}"]
             self.deadline = time.time() + timeout
         if settings.max_failures is not None:
-            argv += ["--max-failures", str(max(settings.max_failures - self.store.counts().failed, 1))]
+            argv += ["--max-failures", str(max(settings.max_failures - self._failed_tasks(), 1))]
         if settings.scheduler == "slurm" and settings.nodes > 1:
             argv = ["srun", f"--nodes={settings.nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=0", *argv]
         return argv
@@ -126,7 +132,7 @@ class JobRun:
         limit = self.state.settings.max_failures
         if limit is None or self.state.stopped:
             return
-        failed = self.store.counts().failed
+        failed = self._failed_tasks()
         if failed >= limit:
             self._stop_campaign(f"{failed} tasks failed, --max-failures is {limit}")
 

@@ -145,3 +145,28 @@ def test_a_farmer_timeout_given_to_submit_ends_the_job_as_its_wall_time_would(tm
     assert 0 < record.finished_tasks <= 4  # stopped after 2 s, not 10 minutes less the margin
     assert "stopped at its wall time" in record.outcome
     assert "submitting a successor failed: condor_submit is not on PATH" in record.outcome
+
+
+def test_max_failures_counts_the_failed_tasks_of_the_whole_work_directory(tmp_path: Path) -> None:
+    write_tasklist(tmp_path / "t.txt", ["exit 1"] * 30)
+    workdir = tmp_path / "t.txt_workdir"
+    dry = _taskfarmer(tmp_path, "submit", "--scheduler", "slurm", "--dry-run", "--max-failures", "5", "t.txt")
+    assert dry.returncode == 0, dry.stderr
+    before = _taskfarmer(tmp_path, "run", "-n", "1", "--max-failures", "2", "t.txt")  # 2 failed before the job
+    assert before.returncode == 3, before.stderr
+    command = (workdir / "campaign" / "job.sh").read_text().splitlines()[-1]
+    job = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+        timeout=LONG * 2,
+        check=False,
+    )
+    assert "--max-failures 3" in job.stderr  # 5 for the campaign, 2 already failed
+    state = Campaign(workdir).load()
+    assert state.stopped == "5 tasks failed, --max-failures is 5"
+    assert (workdir / "drain").exists()  # every other farmer of the campaign drains
+    (record,) = Campaign(workdir).read_jobs().values()
+    assert "campaign stopped" in record.outcome
