@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from taskfarmer.store import WorkDir
 
 QUEUE_MAX_AGE: Final = 30.0  # seconds an answer of the scheduler is reused
+_ENDED_BY_RECORD: Final = frozenset({"done", "stopped", "failed"})  # what a job's own end record says
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,18 @@ def queue_view(campaign: Campaign, state: CampaignState, *, max_age: float = QUE
     with contextlib.suppress(OSError):
         write_json(campaign.queue_file, {"at": view.at, "jobs": {key: asdict(job) for key, job in jobs.items()}})
     return view
+
+
+def current_rows(campaign: Campaign, state: CampaignState) -> tuple[QueueView | None, list[JobRow]]:
+    """:returns: the scheduler's answer (cached) and every job's row; the scheduler is not asked at all once every
+    job wrote its end
+    """
+    cached = _read_queue(campaign)
+    rows = job_rows(campaign, state, cached)
+    if rows and all(row.state in _ENDED_BY_RECORD for row in rows):
+        return cached, rows
+    queue = queue_view(campaign, state)
+    return queue, job_rows(campaign, state, queue)
 
 
 def _read_queue(campaign: Campaign) -> QueueView | None:

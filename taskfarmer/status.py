@@ -79,8 +79,7 @@ def campaign_summary(store: WorkDir) -> tuple[dict[str, object] | None, list[dic
         state = campaign.load()
     except CampaignError as exc:
         return {"error": str(exc)}, []
-    queue = jobs.queue_view(campaign, state)
-    rows = jobs.job_rows(campaign, state, queue)
+    queue, rows = jobs.current_rows(campaign, state)
     summary: dict[str, object] = {
         "scheduler": state.settings.scheduler,
         "jobs": len(rows),
@@ -248,6 +247,8 @@ def campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -
         return [f"  campaign {campaign['error']}"]
     age = campaign["queue_age_s"]
     asked = f"queue as of {format_duration(float(str(age)))} ago" if age is not None else "queue unknown from here"
+    if campaign["live"] == 0:
+        asked = "none queued or running"
     states = collections.Counter(str(row["state"]) for row in rows)
     state = "cancelled" if campaign["cancelled"] else f"stopped ({campaign['stopped']})" if campaign["stopped"] else ""
     lines = [
