@@ -81,12 +81,22 @@ class AppendedLines:
 
 
 @dataclass
+class HostRow:
+    """One host in the view: its farmers' states, their workers, the tasks running there."""
+
+    farmers: list[str] = field(default_factory=list)
+    workers: int = 0
+    running: int = 0
+    oldest: float = 0.0  # seconds the longest-running task has run
+
+
+@dataclass
 class Snapshot:
     """What one refresh shows."""
 
     counts: Counts
     rate: float | None
-    hosts: dict[str, dict[str, object]]
+    hosts: dict[str, HostRow]
     failures: list[str]
     campaign: list[str] = field(default_factory=list)
     at: float = field(default_factory=time.time)
@@ -148,18 +158,18 @@ class Watcher:
             return None
         return len(self._ends) / max(now - self._ends[0], 1.0)
 
-    def _hosts(self, views: list[SlotView]) -> dict[str, dict[str, object]]:
-        hosts: dict[str, dict[str, object]] = {}
+    def _hosts(self, views: list[SlotView]) -> dict[str, HostRow]:
+        hosts: dict[str, HostRow] = collections.defaultdict(HostRow)
         now = time.time()
         for farmer in status.farmer_states(self.store):
-            row = hosts.setdefault(str(farmer["host"]), _host_row())
-            row["farmers"] = [*_as_list(row["farmers"]), str(farmer["state"]).split(" (")[0]]
-            row["workers"] = int(str(row["workers"])) + int(str(farmer["workers"]))
+            row = hosts[str(farmer["host"])]
+            row.farmers.append(str(farmer["state"]).split(" (")[0])
+            row.workers += int(str(farmer["workers"]))
         for view in views:
             for record in view.running():
-                row = hosts.setdefault(record.holder.host, _host_row())
-                row["running"] = int(str(row["running"])) + 1
-                row["oldest"] = max(float(str(row["oldest"])), now - record.started)
+                row = hosts[record.holder.host]
+                row.running += 1
+                row.oldest = max(row.oldest, now - record.started)
         return dict(sorted(hosts.items()))
 
     def _campaign_lines(self) -> list[str]:
@@ -168,14 +178,6 @@ class Watcher:
             summary, rows = status.campaign_summary(self.store)
             self._campaign = status.campaign_lines(summary, rows) if summary is not None else []
         return self._campaign
-
-
-def _host_row() -> dict[str, object]:
-    return {"farmers": [], "workers": 0, "running": 0, "oldest": 0.0}
-
-
-def _as_list(value: object) -> list[str]:
-    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 def render(store: WorkDir, shot: Snapshot) -> Group:
@@ -195,13 +197,13 @@ def render(store: WorkDir, shot: Snapshot) -> Group:
     eta = f", ETA {status.format_duration(shot.eta)}" if shot.eta else ""
     hosts = Table("host", "farmers", "workers", "running", "oldest task", box=None, header_style="bold")
     for host, row in shot.hosts.items():
-        farmers = collections.Counter(_as_list(row["farmers"]))
+        farmers = collections.Counter(row.farmers)
         hosts.add_row(
             host,
             ", ".join(f"{n} {state}" for state, n in sorted(farmers.items())) or "-",
-            str(row["workers"]),
-            str(row["running"]),
-            status.format_duration(float(str(row["oldest"]))) if row["running"] else "-",
+            str(row.workers),
+            str(row.running),
+            status.format_duration(row.oldest) if row.running else "-",
         )
     parts: list[object] = [
         header,
@@ -227,7 +229,7 @@ def _bar(done: int, total: int) -> Table:
 def line(shot: Snapshot) -> str:
     """:returns: *shot* on one line, for a log (output that is not a terminal)"""
     counts = shot.counts
-    hosts = " ".join(f"{host}:{row['running']}" for host, row in shot.hosts.items())
+    hosts = " ".join(f"{host}:{row.running}" for host, row in shot.hosts.items())
     rate = f"{shot.rate:.2f}/s" if shot.rate else "-"
     eta = status.format_duration(shot.eta) if shot.eta else "-"
     return (
