@@ -139,7 +139,8 @@ def _report_invalid(tasklist: Path, ingested: IngestResult | None) -> None:
 
 def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     counts = store.counts()
-    sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {result.ran} tasks in {elapsed:.1f} s\n")
+    ran = plural(result.ran, "task")
+    sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {ran} in {elapsed:.1f} s\n")
     if result.out_of_time and counts.toprocess:
         sys.stderr.write(
             f"pytaskfarmer: the allocation ends before another task could finish (--task-duration):"

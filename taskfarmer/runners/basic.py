@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from typing import IO, Final
 
 from taskfarmer import process
@@ -46,11 +45,13 @@ class BasicRunner(CommandRunner):
         direct = argv[:2] != [self.shell, "-c"]
         if not direct:
             return super()._start(argv, script, cwd=cwd, output=output)
-        program = shutil.which(argv[0], path=os.environ.get("PATH")) if "/" not in argv[0] else argv[0]
+        environment = self.environment()
+        program = process.find_program(argv[0], environment)
         if program is None:
             return super()._start(super().command(script), script, cwd=cwd, output=output)  # bash says it
+        environment["_"] = program
         try:
-            return process.start(argv, cwd=cwd, env={**self.environment(), "_": program}, output=output)
+            return process.start(argv, cwd=cwd, env=environment, output=output)
         except OSError:
             return super()._start(super().command(script), script, cwd=cwd, output=output)
 

@@ -1,0 +1,71 @@
+"""The per-task process helpers: the one-call child check and the remembered program paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from taskfarmer import process
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _in_child(code: str) -> str:
+    # In a fresh process: the test runner's own children must not count.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
+    return result.stdout.strip()
+
+
+def test_has_children_sees_running_and_unreaped_children_and_reaps_none() -> None:
+    code = """
+import os, time
+from taskfarmer import process
+seen = [process.has_children()]
+pid = os.posix_spawn("/bin/sleep", ["sleep", "0.3"], dict(os.environ))
+seen.append(process.has_children())
+time.sleep(0.6)  # it ended, not reaped yet: still a child
+seen.append(process.has_children())
+seen.append(os.waitpid(pid, 0)[0] == pid)  # the check did not reap it
+seen.append(process.has_children())
+print(seen)
+"""
+    assert _in_child(code) == "[False, True, True, True, False]"
+
+
+def _program(directory: Path, word: str) -> None:
+    directory.mkdir(exist_ok=True)
+    script = directory / "tool"
+    script.write_text(f"#!/bin/sh\necho {word}\n")
+    script.chmod(0o755)
+
+
+def _run(env: dict[str, str], tmp_path: Path) -> str:
+    out = tmp_path / "out"
+    with out.open("wb") as handle:
+        proc = process.start(["tool"], cwd=None, env=env, output=handle)
+        assert proc.wait() == 0
+    return out.read_text()
+
+
+def test_a_program_moved_between_tasks_is_found_again(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    _program(first, "from-a")
+    env = {**os.environ, "PATH": f"{first}:{second}:/usr/bin:/bin"}
+    assert process.find_program("tool", env) == str(first / "tool")
+    assert _run(env, tmp_path) == "from-a\n"
+    (first / "tool").unlink()
+    _program(second, "from-b")
+    assert _run(env, tmp_path) == "from-b\n"  # the remembered path failed: PATH searched again
+    assert process.find_program("tool", env) == str(second / "tool")
+
+
+def test_programs_are_remembered_per_path(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    _program(first, "from-a")
+    _program(second, "from-b")
+    assert _run({**os.environ, "PATH": f"{first}:/usr/bin:/bin"}, tmp_path) == "from-a\n"
+    assert _run({**os.environ, "PATH": f"{second}:/usr/bin:/bin"}, tmp_path) == "from-b\n"
+    assert process.find_program("no-such-tool-here", {"PATH": str(first)}) is None
