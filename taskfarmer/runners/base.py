@@ -154,7 +154,10 @@ class CommandRunner(Runner):
 
     def environment(self) -> dict[str, str]:
         """:returns: the environment of a task: the worker's, the ``variables``, and a key to find its processes"""
-        return {**os.environ, **self.variables, TASK_KEY_VARIABLE: self._key}
+        env = process.environ_copy()
+        env.update(self.variables)
+        env[TASK_KEY_VARIABLE] = self._key
+        return env
 
     def run(self, taskid: int, command: str, logfh: IO[str]) -> int:
         """Run the task, wait for it, and end whatever it left running in the background."""

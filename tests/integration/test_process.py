@@ -12,6 +12,8 @@ from taskfarmer import process
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
 
 def _in_child(code: str) -> str:
     # In a fresh process: the test runner's own children must not count.
@@ -69,3 +71,18 @@ def test_programs_are_remembered_per_path(tmp_path: Path) -> None:
     assert _run({**os.environ, "PATH": f"{first}:/usr/bin:/bin"}, tmp_path) == "from-a\n"
     assert _run({**os.environ, "PATH": f"{second}:/usr/bin:/bin"}, tmp_path) == "from-b\n"
     assert process.find_program("no-such-tool-here", {"PATH": str(first)}) is None
+
+
+def test_environ_copy_follows_every_change_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKFARMER_TEST_A", "1")
+    assert process.environ_copy() == dict(os.environ)
+    monkeypatch.setenv("TASKFARMER_TEST_A", "2")
+    monkeypatch.setenv("TASKFARMER_TEST_B", "caf\u00e9 \udcff")  # not UTF-8 once encoded: kept as os.environ does
+    monkeypatch.delenv("HOME", raising=False)
+    copy = process.environ_copy()
+    assert copy == dict(os.environ)
+    assert copy["TASKFARMER_TEST_A"] == "2"
+    assert "HOME" not in copy
+    copy["TASKFARMER_TEST_C"] = "mine"  # a copy: changing it changes neither os.environ nor the next copy
+    assert "TASKFARMER_TEST_C" not in os.environ
+    assert process.environ_copy() == dict(os.environ)
