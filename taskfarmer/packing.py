@@ -108,6 +108,11 @@ class _Locked:
         if self._fd < 0:
             self._fd = self._descriptors[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
+    @classmethod
+    def forget(cls) -> None:
+        """Open the files again in a forked process: a descriptor shared with the parent shares its flock too."""
+        cls._descriptors.clear()
+
     def __enter__(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
 
@@ -118,3 +123,6 @@ class _Locked:
 def cpu_set(cores: tuple[int, ...], cpus: list[int]) -> set[int]:
     """:returns: the CPUs (of those the farmer may use) that core slots *cores* stand for"""
     return {cpus[index % len(cpus)] for index in cores}
+
+
+os.register_at_fork(after_in_child=_Locked.forget)

@@ -25,14 +25,37 @@ import psutil
 
 if TYPE_CHECKING:
     import resource
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 _LOGGER: Final = logging.getLogger(__name__)
 _PR_SET_CHILD_SUBREAPER: Final = 36
+_PR_SET_NAME: Final = 15
 DEFAULT_GRACE: Final = 5.0
 _KILL_WAIT: Final = 5.0
 _POLL: Final = 0.02
 _TAIL: Final = 300
+
+
+def release_inherited_descriptors(*, keep: Iterable[int]) -> None:
+    """Let go of every open file a forked process inherited, but stdin, stdout, stderr and *keep*.
+
+    Each descriptor is pointed at ``/dev/null`` rather than closed: the parent's objects still hold those numbers,
+    and one closed later (garbage collection) must not close a file this process opened meanwhile.
+    """
+    kept = {0, 1, 2, *keep}
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for name in os.listdir("/proc/self/fd"):  # noqa: PTH208  # numbers only
+        fd = int(name)
+        if fd not in kept and fd != null:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed already
+                os.dup2(null, fd, inheritable=False)
+    os.close(null)
+
+
+def set_name(name: str) -> None:
+    """Name this process as ``ps``, ``top`` and ``psutil.Process.name()`` show it (Linux: 15 bytes at most)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def become_subreaper() -> bool:

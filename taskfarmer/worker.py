@@ -49,6 +49,9 @@ _STOP_DEATHS: Final = frozenset(
 )
 _STOP_SIGNAL_WAIT: Final = 0.5
 FARMER_VARIABLE: Final = "TASKFARMER_FARMER"
+WORKER_NAME: Final = "taskfarmer-w"  # a worker process's name in ps and top: taskfarmer-w0, taskfarmer-w1...
+# The signals a farmer handles (stop, drain): blocked while it starts a worker, which sets its own handlers first.
+FARMER_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2})
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class WorkerSpec:
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
     skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
     forward_logs: bool = False  # log records go to the farmer (which prints them above its live view)
+    forked: bool = False  # a fork of the farmer, not a new interpreter: what it inherited is let go first
 
 
 class FarmFlags:
@@ -125,16 +129,28 @@ class FarmFlags:
 
 
 def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: Connection) -> None:
-    """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`."""
-    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s")
+    """Entry point of a worker process; exits with :data:`EXIT_DONE` or :data:`EXIT_STOPPED`.
+
+    It starts with the farmer's signals blocked (:data:`FARMER_SIGNALS`), and unblocks them once its own handlers
+    are set.
+    """
+    if spec.forked:
+        # A flock lives as long as any descriptor of its open file: a farmer killed while holding the work
+        # directory's lock must not leave it held by its workers' copies.
+        process.release_inherited_descriptors(keep=(events.fileno(),))
+    logging.basicConfig(
+        level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s", force=spec.forked
+    )
     if spec.forward_logs:  # the farmer draws a live view on the terminal: its lines go above it, not through it
         logging.getLogger().handlers = [_ForwardedLogs(events, spec.worker)]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
+    process.set_name(f"{WORKER_NAME}{spec.worker}")
     worker = Worker(spec, flags=flags, pool=pool, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FARMER_SIGNALS)
     try:
         code = worker.run()
     except WorkDirError as exc:

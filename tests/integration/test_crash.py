@@ -9,12 +9,14 @@ import random
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
-from taskfarmer.store import WorkDir
+from taskfarmer.store import WorkDir, recorded_lock_path
+from taskfarmer.worker import WORKER_NAME
 from tests.helpers import (
     LONG,
     cleanup,
@@ -29,7 +31,6 @@ from tests.helpers import (
 
 if TYPE_CHECKING:
     import subprocess
-    from pathlib import Path
 
 TASKS = 300
 WORKERS = 4
@@ -137,6 +138,38 @@ def test_four_farmers_share_one_list_without_duplicates(tmp_path: Path) -> None:
     assert sorted(finished) == list(range(count))
 
 
+def _descriptors_of(proc: psutil.Process, path: Path) -> int:
+    return sum(Path(item.path) == path for item in proc.open_files())
+
+
+@pytest.mark.timeout(120)
+def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> None:
+    # A flock belongs to an open file, which lives while any process holds a descriptor of it: a worker forked
+    # with its farmer's descriptor would keep the work directory locked after a kill -9 of the farmer holding it.
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 30"] * 4)
+    farmer = start_farmer(tasklist, "-n", "2")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+
+        def busy() -> bool:
+            return (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 2
+
+        wait_for(busy, what="both workers busy")
+        first = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
+        first[0].kill()  # its replacement is started by a farmer that has used the lock by then
+
+        def replaced() -> set[int]:
+            workers = psutil.Process(farmer.pid).children()
+            return {p.pid for p in workers if p.name().startswith(WORKER_NAME)} - {first[0].pid}
+
+        wait_for(lambda: len(replaced()) == 2 and busy(), what="a new worker busy")
+        lock = recorded_lock_path(workdir)
+        assert lock is not None
+        assert _descriptors_of(psutil.Process(farmer.pid), lock) == 1
+        for pid in replaced():
+            assert _descriptors_of(psutil.Process(pid), lock) == 1  # its own, opened for its claims
+
+
 @pytest.mark.timeout(120)
 def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None:
     done = tmp_path / "done"
@@ -146,7 +179,7 @@ def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None
     with cleanup(farmer):
         busy = lambda: len(WorkDir(workdir).running_tasks()) == 2 if (workdir / "running").exists() else False  # noqa: E731
         wait_for(busy, what="both workers busy")
-        workers = [p for p in psutil.Process(farmer.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        workers = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
         assert len(workers) == 2
         victim = workers[0]
         victim_task = next(r.task for r in WorkDir(workdir).running_tasks() if r.holder.pid == victim.pid)
