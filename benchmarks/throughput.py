@@ -1,28 +1,36 @@
 """Throughput of pytaskfarmer against ``xargs -P`` and GNU Parallel on tasklists of ``true``.
 
-Every tool runs the same tasklists (2,000 and 20,000 lines of ``true`` by default, written to a temporary
-directory) with two parallel jobs, so the figures measure each tool's overhead per task:
+Every tool runs the same tasklists (2,000 and 20,000 lines of ``true`` by default, written to ``--dir``, by default
+a new temporary directory) with two parallel jobs, so the figures measure each tool's overhead per task:
 
 - ``xargs -P 2 -I{} sh -c '{}'``: the baseline, every line run as a shell command;
-- ``parallel -j2`` (GNU Parallel, skipped when it is not installed);
-- ``pytaskfarmer.py --proc 2 -q`` with a fresh work directory per run; the run fails loudly unless
-  ``WORKDIR/finished`` holds one line per task;
+- ``parallel -j2`` (GNU Parallel; with ``--parallel``, when installed: it takes minutes on 20,000 tasks);
+- ``pytaskfarmer.py --proc 2 -q`` with a fresh work directory per run (a log file per task, the default), and the
+  same with ``--logs stream`` (one log stream per worker); a run fails loudly unless ``WORKDIR/finished`` holds one
+  line per task;
 - optionally, with ``--pytaskfarmer-legacy PATH``, the ``pytaskfarmer.py`` script of PyTaskFarmer 0.1.0, on
   the smallest list only (its claim is O(N) per task, so it is slow on long lists).
 
-The table gives the best wall-clock time of ``--repeat`` runs, the tasks per second, and that throughput as a
-fraction of ``xargs``'s on the same list (``0.50x``: half as many tasks per second). The absolute figures depend
-on the machine (and on what else runs on it); compare the ratios. Run it with the project's Python::
+The tools take turns within each of ``--rounds`` rounds, so that a change of the machine's load falls on all of
+them. The table gives, per tool and list, the median tasks per second (min-max over the rounds), and that
+throughput as a fraction of ``xargs``'s in the same round (``0.50x``: half as many tasks per second), median and
+range. The absolute figures depend on the machine (and on what else runs on it); compare the ratios.
+
+A log file per task costs a file creation, whose price depends on the filesystem and even on the directory (on
+ext4, an inode is sought in the block group of the directory): the script measures it in a new directory beside
+the work directories, in the same run, and prints it. Run it with the project's Python::
 
     .venv/bin/python benchmarks/throughput.py
-    .venv/bin/python benchmarks/throughput.py --sizes 2000 --repeat 3 \\
+    .venv/bin/python benchmarks/throughput.py --sizes 2000 --rounds 3 --parallel \\
         --pytaskfarmer-legacy /tmp/ptf/bin/pytaskfarmer.py
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,17 +71,28 @@ class Tool:
 
 @dataclass(frozen=True)
 class Result:
-    """The best time of one tool on one list."""
+    """The times of one tool on one list, one per round, and xargs's in the same rounds."""
 
     tool: str
     tasks: int
-    seconds: float
+    seconds: list[float]
+    baseline: list[float]
+
+    def rates(self) -> list[float]:
+        """:returns: tasks per second in each round"""
+        return [self.tasks / seconds for seconds in self.seconds]
+
+    def ratios(self) -> list[float]:
+        """:returns: the throughput as a fraction of xargs's, in each round"""
+        return [base / seconds for seconds, base in zip(self.seconds, self.baseline, strict=True)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000", help="comma-separated tasklist lengths (default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per tool and list; the best counts (default: 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per tool and list, in turns (default: 3)")
+    parser.add_argument("--parallel", action="store_true", help="also time GNU Parallel (minutes on 20,000 tasks)")
+    parser.add_argument("--dir", type=Path, help="where the tasklists and work directories go (default: a new temp)")
     parser.add_argument(
         "--pytaskfarmer-legacy",
         type=Path,
@@ -82,8 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.sizes = sorted({int(size) for size in args.sizes.split(",")})
-    if args.repeat < 1 or args.sizes[0] < 1:
-        parser.error("--sizes and --repeat must be positive")
+    if args.rounds < 1 or args.sizes[0] < 1:
+        parser.error("--sizes and --rounds must be positive")
+    if args.dir is not None and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: no such directory")
     return args
 
 
@@ -94,15 +115,17 @@ def legacy_argv(script: Path) -> tuple[str, ...]:
     return (*prefix, str(script), "--proc", "2", "--workdir", WORKDIR, LIST)
 
 
-def tools(legacy: Path | None, smallest: int) -> list[Tool]:
-    """The tools to time, in table order; GNU Parallel only when installed."""
+def tools(args: argparse.Namespace) -> list[Tool]:
+    """The tools to time, in table order."""
     found = [Tool("xargs -P2", ("xargs", "-P", "2", "-I{}", "sh", "-c", "{}"), stdin=True)]
-    if shutil.which("parallel"):
+    if args.parallel and shutil.which("parallel"):
         found.append(Tool("parallel -j2", ("parallel", "--will-cite", "-j2"), stdin=True))
-    farmer = (sys.executable, str(FARMER), "--proc", "2", "-q", "-w", WORKDIR, LIST)
-    found.append(Tool("pytaskfarmer", farmer, counts_finished=True))
-    if legacy is not None:
-        found.append(Tool("PyTaskFarmer 0.1.0", legacy_argv(legacy), counts_finished=True, max_tasks=smallest))
+    farmer = (sys.executable, str(FARMER), "--proc", "2", "-q", "-w", WORKDIR)
+    found.append(Tool("pytaskfarmer", (*farmer, LIST), counts_finished=True))
+    found.append(Tool("pytaskfarmer, stream", (*farmer, "--logs", "stream", LIST), counts_finished=True))
+    if args.pytaskfarmer_legacy is not None:
+        legacy = legacy_argv(args.pytaskfarmer_legacy)
+        found.append(Tool("PyTaskFarmer 0.1.0", legacy, counts_finished=True, max_tasks=args.sizes[0]))
     return found
 
 
@@ -129,18 +152,27 @@ def run_once(tool: Tool, tasklist: Path, *, tasks: int) -> float:
     return seconds
 
 
-def measure(tool: Tool, tasklist: Path, *, tasks: int, repeat: int) -> Result:
-    best = min(run_once(tool, tasklist, tasks=tasks) for _ in range(repeat))
-    return Result(tool.name, tasks, best)
+def create_cost(directory: Path, files: int = 2000) -> float:
+    """:returns: the median microseconds to create (and close) an empty file in a new directory under *directory*"""
+    where = Path(tempfile.mkdtemp(prefix="creates_", dir=directory))
+    times = []
+    for number in range(files):
+        start = time.perf_counter()
+        os.close(os.open(where / f"log_{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        times.append(time.perf_counter() - start)
+    shutil.rmtree(where)
+    return statistics.median(times) * 1e6
+
+
+def _spread(values: list[float], form: str) -> str:
+    return f"{format(statistics.median(values), form)} ({format(min(values), form)}-{format(max(values), form)})"
 
 
 def format_table(results: list[Result]) -> str:
-    baseline = {result.tasks: result.seconds for result in results if result.tool.startswith("xargs")}
-    lines = [f"{'tool':<20} {'tasks':>7} {'seconds':>8} {'tasks/s':>8} {'x xargs':>9}"]
+    lines = [f"{'tool':<22} {'tasks':>6}  {'tasks/s, median (min-max)':<27} {'x xargs, median (min-max)'}"]
     for result in results:
-        ratio = baseline[result.tasks] / result.seconds  # throughput as a fraction of xargs's
-        rate = result.tasks / result.seconds
-        lines.append(f"{result.tool:<20} {result.tasks:>7} {result.seconds:>8.2f} {rate:>8.0f} {ratio:>8.2f}x")
+        rates, ratios = _spread(result.rates(), ",.0f"), _spread(result.ratios(), ".2f")
+        lines.append(f"{result.tool:<22} {result.tasks:>6}  {rates:<27} {ratios}")
     return "\n".join(lines)
 
 
@@ -148,18 +180,25 @@ def run_all(args: argparse.Namespace, directory: Path) -> list[Result]:
     results: list[Result] = []
     for tasks in args.sizes:
         tasklist = write_tasklist(directory, tasks)
-        chosen = [tool for tool in tools(args.pytaskfarmer_legacy, args.sizes[0]) if tasks <= (tool.max_tasks or tasks)]
-        results.extend(measure(tool, tasklist, tasks=tasks, repeat=args.repeat) for tool in chosen)
+        chosen = [tool for tool in tools(args) if tasks <= (tool.max_tasks or tasks)]
+        times: dict[str, list[float]] = {tool.name: [] for tool in chosen}
+        for _ in range(args.rounds):
+            for tool in chosen:  # in turns: a change of the machine's load falls on every tool
+                times[tool.name].append(run_once(tool, tasklist, tasks=tasks))
+        baseline = times[chosen[0].name]
+        results.extend(Result(tool.name, tasks, times[tool.name], baseline) for tool in chosen)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(f"nproc: {nproc()}; tasks are `true`, 2 parallel jobs, best of {args.repeat} run(s)")
+    print(f"nproc: {nproc()}; tasks are `true`, 2 parallel jobs, {args.rounds} round(s) in turns")
     print("note: the figures depend on the machine and its load; compare the ratios, not the seconds")
-    if not shutil.which("parallel"):
+    if args.parallel and not shutil.which("parallel"):
         print("GNU Parallel not found: skipped (apt-get install parallel)")
-    with tempfile.TemporaryDirectory(prefix="ptf_throughput_") as directory:
+    with tempfile.TemporaryDirectory(prefix="ptf_throughput_", dir=args.dir) as directory:
+        cost = create_cost(Path(directory))
+        print(f"creating an empty file in a new directory beside the work directories: {cost:.0f} µs (median)")
         try:
             results = run_all(args, Path(directory))
         except BenchmarkError as exc:
