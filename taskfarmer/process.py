@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -25,7 +26,7 @@ import psutil
 
 if TYPE_CHECKING:
     import resource
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
 _LOGGER: Final = logging.getLogger(__name__)
 _PR_SET_CHILD_SUBREAPER: Final = 36
@@ -36,18 +37,19 @@ _POLL: Final = 0.02
 _TAIL: Final = 300
 
 
-def release_inherited_descriptors(*, keep: Iterable[int]) -> None:
-    """Let go of every open file a forked process inherited, but stdin, stdout, stderr and *keep*.
+def release_inherited_files() -> None:
+    """Let go of every regular file a forked process inherited (a ``flock`` lives as long as any descriptor of its
+    open file: a farmer killed while holding its lock must not leave the lock held by a copy in its worker).
 
-    Each descriptor is pointed at ``/dev/null`` rather than closed: the parent's objects still hold those numbers,
-    and one closed later (garbage collection) must not close a file this process opened meanwhile.
+    Each is pointed at ``/dev/null`` rather than closed: the parent's objects still hold those numbers, and one
+    closed later (garbage collection) must not close a file this process opened meanwhile. Pipes stay open: the
+    farmer learns of a worker's end by the closing of one of them.
     """
-    kept = {0, 1, 2, *keep}
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     for name in os.listdir("/proc/self/fd"):  # noqa: PTH208  # numbers only
         fd = int(name)
-        if fd not in kept and fd != null:
-            with contextlib.suppress(OSError):  # the listing's own descriptor, closed already
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed already
+            if fd > 2 and fd != null and stat.S_ISREG(os.fstat(fd).st_mode):
                 os.dup2(null, fd, inheritable=False)
     os.close(null)
 

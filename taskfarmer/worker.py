@@ -135,9 +135,7 @@ def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: 
     are set.
     """
     if spec.forked:
-        # A flock lives as long as any descriptor of its open file: a farmer killed while holding the work
-        # directory's lock must not leave it held by its workers' copies.
-        process.release_inherited_descriptors(keep=(events.fileno(),))
+        process.release_inherited_files()
     logging.basicConfig(
         level=spec.log_level, format=f"%(asctime)s worker {spec.worker}: %(message)s", force=spec.forked
     )

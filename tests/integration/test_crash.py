@@ -170,6 +170,25 @@ def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> No
             assert _descriptors_of(psutil.Process(pid), lock) == 1  # its own, opened for its claims
 
 
+@pytest.mark.timeout(60)
+def test_a_farmer_waiting_for_its_workers_sleeps(tmp_path: Path) -> None:
+    # It wakes when a worker ends (its sentinel pipe) or at its tick: a worker that closed its end of that pipe
+    # would make the farmer spin.
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 4"] * 2)
+    farmer = start_farmer(tasklist, "-n", "2")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        busy = lambda: (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 2  # noqa: E731
+        wait_for(busy, what="both workers busy")
+        watched = psutil.Process(farmer.pid)
+        before = sum(watched.cpu_times()[:2])
+        time.sleep(2)
+        used = sum(watched.cpu_times()[:2]) - before
+        assert used < 0.5, f"the farmer used {used:.2f} s of CPU in 2 s while its workers waited for their tasks"
+        farmer.communicate(timeout=30)
+    assert farmer.returncode == 0
+
+
 @pytest.mark.timeout(120)
 def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None:
     done = tmp_path / "done"
