@@ -142,19 +142,25 @@ def _descriptors_of(proc: psutil.Process, path: Path) -> int:
     return sum(Path(item.path) == path for item in proc.open_files())
 
 
+def _busy_farmer(tmp_path: Path, line: str) -> tuple[subprocess.Popen[str], Path]:
+    """Start a farmer of 2 workers on 4 tasks of *line*; return once both run one."""
+    farmer = start_farmer(write_tasklist(tmp_path / "t.txt", [line] * 4), "-n", "2")
+    workdir = tmp_path / "t.txt_workdir"
+    busy = lambda: (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 2  # noqa: E731
+    try:
+        wait_for(busy, what="both workers busy")
+    except BaseException:
+        farmer.kill()
+        raise
+    return farmer, workdir
+
+
 @pytest.mark.timeout(120)
 def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> None:
     # A flock belongs to an open file, which lives while any process holds a descriptor of it: a worker forked
     # with its farmer's descriptor would keep the work directory locked after a kill -9 of the farmer holding it.
-    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 30"] * 4)
-    farmer = start_farmer(tasklist, "-n", "2")
-    workdir = tmp_path / "t.txt_workdir"
+    farmer, workdir = _busy_farmer(tmp_path, "sleep 30")
     with cleanup(farmer):
-
-        def busy() -> bool:
-            return (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 2
-
-        wait_for(busy, what="both workers busy")
         first = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
         first[0].kill()  # its replacement is started by a farmer that has used the lock by then
 
@@ -162,7 +168,7 @@ def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> No
             workers = psutil.Process(farmer.pid).children()
             return {p.pid for p in workers if p.name().startswith(WORKER_NAME)} - {first[0].pid}
 
-        wait_for(lambda: len(replaced()) == 2 and busy(), what="a new worker busy")
+        wait_for(lambda: len(replaced()) == 2 and len(WorkDir(workdir).running_tasks()) == 2, what="a new worker busy")
         lock = recorded_lock_path(workdir)
         assert lock is not None
         assert _descriptors_of(psutil.Process(farmer.pid), lock) == 1
@@ -174,12 +180,8 @@ def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> No
 def test_a_farmer_waiting_for_its_workers_sleeps(tmp_path: Path) -> None:
     # It wakes when a worker ends (its sentinel pipe) or at its tick: a worker that closed its end of that pipe
     # would make the farmer spin.
-    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 4"] * 2)
-    farmer = start_farmer(tasklist, "-n", "2")
-    workdir = tmp_path / "t.txt_workdir"
+    farmer, _ = _busy_farmer(tmp_path, "sleep 4")
     with cleanup(farmer):
-        busy = lambda: (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 2  # noqa: E731
-        wait_for(busy, what="both workers busy")
         watched = psutil.Process(farmer.pid)
         before = sum(watched.cpu_times()[:2])
         time.sleep(2)
