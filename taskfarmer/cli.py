@@ -16,7 +16,6 @@ The only module that prints errors and picks exit statuses:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
 import sys
@@ -29,7 +28,6 @@ from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.output import outlive_reader
 from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
-from taskfarmer.submit import add_submit_arguments
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -201,7 +199,17 @@ def _run_epilog() -> str:
 
 
 def _add_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('pytaskfarmer')}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up when asked for: the package metadata costs every start a hundredth of a second."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        import importlib.metadata  # noqa: PLC0415  # only for --version
+
+        sys.stdout.write(f"{parser.prog} {importlib.metadata.version('pytaskfarmer')}\n")
+        parser.exit()
 
 
 def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
@@ -282,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _add_campaign_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """The commands of a campaign of batch jobs: submit, cancel, job, report."""
+    from taskfarmer.submit import add_submit_arguments  # noqa: PLC0415  # not for pytaskfarmer.py: faster start
+
     submit = commands.add_parser(
         "submit",
         help="queue farmer jobs for a tasklist on Slurm or HTCondor; they resubmit themselves until it is done",

@@ -1,7 +1,7 @@
 """INI definitions of runners and tasklist handlers, turned into objects with checked, typed options.
 
 A definition is an INI section; its class key (``Runner =`` or ``TaskList =``) names the class as
-``module.Class``, a shipped short name, or an entry point name; every other key becomes a keyword argument.
+``module.Class``, a shipped short name, or an entry point name (no dot); every other key becomes a keyword argument.
 Files are only parsed when looking a name up; only the class in use is imported; a broken file is reported
 only when it could be the one defining the name asked for.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import configparser
 import importlib
-import importlib.metadata
 import inspect
 import io
 import logging
@@ -152,6 +151,10 @@ def resolve_class(definition: Definition) -> type:
 
 
 def _entry_point(kind: Kind, name: str) -> str | None:
+    if "." in name:
+        return None  # a module.Class path: no need of the package metadata (a hundredth of a second at every start)
+    import importlib.metadata  # noqa: PLC0415  # only for a name that is neither shipped nor a path
+
     for entry in importlib.metadata.entry_points(group=kind.entry_point_group):
         if entry.name == name:
             return entry.value.replace(":", ".")
