@@ -18,7 +18,8 @@ range. The absolute figures depend on the machine (and on what else runs on it);
 
 A log file per task costs a file creation, whose price depends on the filesystem and even on the directory (on
 ext4, an inode is sought in the block group of the directory): the script measures it in a new directory beside
-the work directories, in the same run, and prints it. Run it with the project's Python::
+the work directories, and after each such run in that run's own ``logs`` directory, and prints both. Run it with
+the project's Python::
 
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --sizes 2000 --rounds 3 --parallel \\
@@ -148,19 +149,24 @@ def run_once(tool: Tool, tasklist: Path, *, tasks: int) -> float:
     if tool.counts_finished and (finished := count_lines(workdir / "finished")) != tasks:
         msg = f"{tool.name} finished {finished} of {tasks} tasks: {argv}"
         raise BenchmarkError(msg)
+    if (workdir / "logs" / "log_0").exists():  # a log file per task: what one more costs in that very directory
+        LOG_CREATES.append(create_cost(workdir / "logs", files=500))
     shutil.rmtree(workdir)
     return seconds
 
 
+LOG_CREATES: list[float] = []  # microseconds, one figure per run that wrote a log file per task
+
+
 def create_cost(directory: Path, files: int = 2000) -> float:
-    """:returns: the median microseconds to create (and close) an empty file in a new directory under *directory*"""
-    where = Path(tempfile.mkdtemp(prefix="creates_", dir=directory))
+    """:returns: the median microseconds to create (and close) an empty file in *directory*; the files are removed"""
     times = []
     for number in range(files):
         start = time.perf_counter()
-        os.close(os.open(where / f"log_{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(directory / f"probe_{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         times.append(time.perf_counter() - start)
-    shutil.rmtree(where)
+    for number in range(files):
+        (directory / f"probe_{number}").unlink()
     return statistics.median(times) * 1e6
 
 
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel and not shutil.which("parallel"):
         print("GNU Parallel not found: skipped (apt-get install parallel)")
     with tempfile.TemporaryDirectory(prefix="ptf_throughput_", dir=args.dir) as directory:
-        cost = create_cost(Path(directory))
+        cost = create_cost(Path(tempfile.mkdtemp(prefix="creates_", dir=directory)))
         print(f"creating an empty file in a new directory beside the work directories: {cost:.0f} µs (median)")
         try:
             results = run_all(args, Path(directory))
@@ -205,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
     print(format_table(results))
+    if LOG_CREATES:
+        spread = _spread(LOG_CREATES, ".0f")
+        print(f"creating one more file in the logs directory of each run with a log file per task: {spread} µs")
     return 0
 
 
