@@ -86,3 +86,25 @@ def test_environ_copy_follows_every_change_of_the_environment(monkeypatch: pytes
     copy["TASKFARMER_TEST_C"] = "mine"  # a copy: changing it changes neither os.environ nor the next copy
     assert "TASKFARMER_TEST_C" not in os.environ
     assert process.environ_copy() == dict(os.environ)
+
+
+def test_a_forked_process_takes_the_slot_pool_lock_through_a_descriptor_of_its_own(tmp_path: Path) -> None:
+    # Two descriptors of one open file share a flock: a forked worker must not lock through its farmer's copy.
+    code = f"""
+import os
+from pathlib import Path
+from taskfarmer import packing
+lock = Path({str(tmp_path / "slots")!r})
+with packing._Locked(lock):
+    pass
+parent_fd = packing._Locked._descriptors[lock]
+pid = os.fork()
+if pid == 0:
+    cached = dict(packing._Locked._descriptors)
+    with packing._Locked(lock):
+        own = packing._Locked._descriptors[lock]
+    os.write(1, f"{{cached}} {{own != parent_fd}}".encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    assert _in_child(code) == "{} True"
