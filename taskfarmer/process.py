@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
 
 import psutil
+import setproctitle
 
 if TYPE_CHECKING:
     import resource
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 _LOGGER: Final = logging.getLogger(__name__)
 _PR_SET_CHILD_SUBREAPER: Final = 36
-_PR_SET_NAME: Final = 15
 DEFAULT_GRACE: Final = 5.0
 _KILL_WAIT: Final = 5.0
 _POLL: Final = 0.02
@@ -54,10 +54,12 @@ def release_inherited_files() -> None:
     os.close(null)
 
 
-def set_name(name: str) -> None:
-    """Name this process as ``ps``, ``top`` and ``psutil.Process.name()`` show it (Linux: 15 bytes at most)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+def set_title(title: str) -> None:
+    """Show this process as *title* in ``ps`` and ``top`` (its command line, and its name cut to 15 bytes).
+
+    A forked worker would otherwise show its farmer's command line, and ``pkill -f`` aimed at the farmer would hit it.
+    """
+    setproctitle.setproctitle(title)
 
 
 def become_subreaper() -> bool:

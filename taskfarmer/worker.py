@@ -49,7 +49,7 @@ _STOP_DEATHS: Final = frozenset(
 )
 _STOP_SIGNAL_WAIT: Final = 0.5
 FARMER_VARIABLE: Final = "TASKFARMER_FARMER"
-WORKER_NAME: Final = "taskfarmer-w"  # a worker process's name in ps and top: taskfarmer-w0, taskfarmer-w1...
+WORKER_NAME: Final = "taskfarmer-w"  # how a worker process shows in ps and top: taskfarmer-w0, taskfarmer-w1...
 # The signals a farmer handles (stop, drain): blocked while it starts a worker, which sets its own handlers first.
 FARMER_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2})
 
@@ -145,7 +145,7 @@ def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: 
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()
-    process.set_name(f"{WORKER_NAME}{spec.worker}")
+    process.set_title(f"{WORKER_NAME}{spec.worker} of farmer {spec.farmer} (pytaskfarmer)")
     worker = Worker(spec, flags=flags, pool=pool, events=events)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FARMER_SIGNALS)

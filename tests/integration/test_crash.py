@@ -7,10 +7,10 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -28,9 +28,6 @@ from tests.helpers import (
     wait_for,
     write_tasklist,
 )
-
-if TYPE_CHECKING:
-    import subprocess
 
 TASKS = 300
 WORKERS = 4
@@ -174,6 +171,22 @@ def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> No
         assert _descriptors_of(psutil.Process(farmer.pid), lock) == 1
         for pid in replaced():
             assert _descriptors_of(psutil.Process(pid), lock) == 1  # its own, opened for its claims
+
+
+@pytest.mark.timeout(60)
+def test_pkill_of_the_farmers_command_line_spares_its_workers_which_end_their_tasks(tmp_path: Path) -> None:
+    # Forked workers show a title of their own, not the farmer's command line: "pkill -9 -f TASKLIST" kills the
+    # farmer alone, and its workers, seeing it gone, end their tasks and give them back.
+    marker = uuid.uuid4().hex
+    farmer, workdir = _busy_farmer(tmp_path, f"TF_TEST_MARK={marker} sleep 30")
+    with cleanup(farmer):
+        workers = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
+        assert [p.cmdline()[0].split()[0] for p in workers] == [f"{WORKER_NAME}0", f"{WORKER_NAME}1"]
+        pkill = subprocess.run(["pkill", "-9", "-f", str(tmp_path / "t.txt")], check=False)
+        assert pkill.returncode == 0
+        wait_for(lambda: not processes_with_env("TF_TEST_MARK", marker), what="the tasks to end")
+        wait_for(lambda: len(ids(workdir / "toprocess")) == 4, what="the tasks back in the queue")
+        assert not WorkDir(workdir).running_tasks()
 
 
 @pytest.mark.timeout(60)
