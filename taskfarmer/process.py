@@ -58,8 +58,14 @@ def set_title(title: str) -> None:
     """Show this process as *title* in ``ps`` and ``top`` (its command line, and its name cut to 15 bytes).
 
     A forked worker would otherwise show its farmer's command line, and ``pkill -f`` aimed at the farmer would hit it.
+    ``SPT_NOENV``: the environment (``/proc/PID/environ``, which tools read to find a farm's processes) stays as it
+    is, and a title longer than the original command line is cut.
     """
-    setproctitle.setproctitle(title)
+    os.environ["SPT_NOENV"] = "1"
+    try:
+        setproctitle.setproctitle(title)
+    finally:
+        del os.environ["SPT_NOENV"]  # not for the tasks
 
 
 def become_subreaper() -> bool:
