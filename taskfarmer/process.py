@@ -107,13 +107,17 @@ def find_program(name: str, env: Mapping[str, str]) -> str | None:
     """
     if "/" in name:
         return name
-    key = (name, env.get("PATH", os.defpath))
+    key = _program_key(name, env)
     if key not in _PROGRAMS:
         found = shutil.which(name, path=key[1])
         if found is None:
             return None
         _PROGRAMS[key] = found
     return _PROGRAMS[key]
+
+
+def _program_key(name: str, env: Mapping[str, str]) -> tuple[str, str]:
+    return name, env.get("PATH", os.defpath)
 
 
 _PROGRAMS: dict[tuple[str, str], str] = {}
@@ -179,7 +183,7 @@ def start(
     except OSError:
         if program == argv[0]:
             raise
-        _PROGRAMS.pop((argv[0], env.get("PATH", os.defpath)), None)  # moved or removed: search PATH again
+        _PROGRAMS.pop(_program_key(argv[0], env), None)  # moved or removed: search PATH again
         found = find_program(argv[0], env)
         if found is None or found == program:
             raise
