@@ -126,7 +126,7 @@ class Display:
             self._stream.flush()
 
     def _failed(self, taskid: int, status: str, log: str) -> None:
-        line = f"task {taskid} failed ({status}), log: {self._store.path / log if log else 'none'}"
+        line = f"task {taskid} failed ({status}), log: {self._store.path / log if log else 'none (no output)'}"
         self._failures.append(line)
         if self._live is None and not self._quiet:
             self._say(f"pytaskfarmer: {line}")

@@ -1,7 +1,9 @@
 """Where task output goes: one file per task attempt (default), or one stream per worker (``--logs stream``).
 
 Files: ``logs/log_ID`` for the first attempt, ``logs/log_ID.N`` for attempt N; a rerun never overwrites a log.
-Each task costs a file creation, which shared filesystems (Lustre, GPFS) pay dearly for at scale.
+The file exists from the attempt's start (``tail -f`` follows it). An attempt that printed nothing leaves no file:
+its empty file is renamed to the next attempt's name, so that a farm of silent tasks does not pay a file creation
+(an inode: slow on a busy local disk, a metadata request and a unit of inode quota on Lustre) per task.
 
 Stream: every task of a worker appends to ``logs/stream.FARMER.WORKER``, after a header line
 ``==> task ID attempt N <==``; the accounting records where its output starts and how long it is
@@ -12,6 +14,8 @@ O(workers) files instead of O(tasks).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, BinaryIO, Final
@@ -39,6 +43,7 @@ class TaskLog:
     path: Path  # the file the task writes to (for TASKFARMER_LOG)
     offset: int = -1  # in a stream: where the task's output starts
     stream_fd: int = -1  # in a stream: the worker's descriptor of it, still open after the task's handle closed
+    fd: int = -1  # in a file of its own: the worker's descriptor of it (closing the handle does not close it)
 
     def location(self) -> str:
         """:returns: what the accounting records: ``logs/NAME``, or ``logs/NAME@OFFSET+LENGTH`` in a stream"""
@@ -60,6 +65,8 @@ class TaskLogs:
         self._mode = mode
         self._stream = directory / stream_name
         self._stream_fd: int | None = None  # opened once: only this worker writes its stream
+        self._spare: tuple[Path, int] | None = None  # the empty log of the last attempt: the next one's, renamed
+        self._renames = True  # whether the filesystem renames without replacing (RENAME_NOREPLACE)
 
     def open(self, taskid: int, attempt: int) -> TaskLog:
         """Open the log of an attempt (a later attempt number when that one already has a log file)."""
@@ -68,11 +75,62 @@ class TaskLogs:
         while True:
             path = self._directory / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
             with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = self._take_spare(path)
+                if fd < 0:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 # A buffer size given: no isatty() probe of a file that cannot be one.
-                handle = open(fd, "w", buffering=_BUFFER, encoding="utf-8", errors="replace")  # noqa: PTH123, SIM115
-                return TaskLog(attempt, handle, path)
+                handle = open(  # noqa: SIM115
+                    fd, "w", buffering=_BUFFER, encoding="utf-8", errors="replace", closefd=False
+                )
+                return TaskLog(attempt, handle, path, fd=fd)
             attempt += 1
+
+    def close(self, log: TaskLog, *, ended: bool = True) -> str:
+        """Close the log of an attempt.
+
+        :param ended: the attempt ended by itself (one cut short by a stop keeps its file, even empty)
+        :returns: where its output is, as the accounting records it (:meth:`TaskLog.location`), or ``""`` when it
+            printed nothing: then its empty file becomes the next attempt's
+        """
+        log.handle.close()
+        if log.fd < 0:
+            return log.location()
+        if ended and self._spare is None and self._renames and os.fstat(log.fd).st_size == 0:
+            self._spare = (log.path, log.fd)
+            return ""
+        os.close(log.fd)
+        return log.location()
+
+    def finish(self) -> None:
+        """Remove the empty file kept for a next attempt (the worker stops); close the stream."""
+        if self._spare is not None:
+            path, fd = self._spare
+            self._spare = None
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self._stream_fd is not None:
+            os.close(self._stream_fd)
+            self._stream_fd = None
+
+    def _take_spare(self, path: Path) -> int:
+        """:returns: the descriptor of the kept empty file, now renamed to *path*; -1 when there is none
+        :raises FileExistsError: when *path* exists (the spare stays for the next name tried)
+        """
+        if self._spare is None:
+            return -1
+        spare, fd = self._spare
+        if os.fstat(fd).st_size != 0:  # a process the task left wrote to it late: that output stays where it is
+            self._spare = None
+            os.close(fd)
+            return -1
+        if not _rename_noreplace(spare, path):
+            self._renames = False  # this filesystem cannot rename without replacing: a new file per attempt
+            self._spare = None
+            os.close(fd)
+            return -1
+        self._spare = None
+        return fd
 
     def _open_in_stream(self, taskid: int, attempt: int) -> TaskLog:
         if self._stream_fd is None:
@@ -84,12 +142,38 @@ class TaskLogs:
         return TaskLog(attempt, handle, self._stream, offset=offset, stream_fd=self._stream_fd)
 
 
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """Rename *source* to *target* in one step that fails if *target* exists (``renameat2(RENAME_NOREPLACE)``,
+    which Python's ``os`` does not offer): a log of an earlier attempt is never overwritten.
+
+    :returns: ``False`` when the C library or the filesystem cannot (NFS): the caller creates a file instead
+    :raises FileExistsError: when *target* exists
+    """
+    rename = getattr(_LIBC, "renameat2", None)
+    if rename is None:
+        return False
+    if rename(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        raise FileExistsError(code, os.strerror(code), str(target))
+    return False
+
+
+_LIBC: Final = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD: Final = -100
+_RENAME_NOREPLACE: Final = 1
+
+
 def print_log(store: WorkDir, taskid: int, *, attempt: int | None, out: BinaryIO) -> None:
-    """Copy the log of a task's attempt (default: the last) to *out*, whichever mode wrote it.
+    """Copy the log of a task's attempt (default: the last) to *out*, whichever mode wrote it (nothing for an
+    attempt that printed nothing).
 
     :raises TaskFarmerError: when the task has no such log
     """
     location = _find(store, taskid, attempt)
+    if not location:
+        return
     name, _, span = location.removeprefix("logs/").partition("@")
     with (store.logs / name).open("rb") as source:
         if not span:

@@ -116,12 +116,22 @@ def _recent_rate(accounting: Path) -> float | None:
 
 
 def latest_log(store: WorkDir, taskid: int) -> str:
-    """:returns: the log of the last attempt of task *taskid* (files mode)"""
-    attempt, path = 1, store.logs / f"log_{taskid}"
-    while (store.logs / f"log_{taskid}.{attempt + 1}").exists():
+    """:returns: the newest log file of task *taskid* (files mode), or ``"no output"``
+
+    An attempt that printed nothing has no file: the attempts are probed until two in a row have none.
+    """
+    found, attempt, misses = "no output", 1, 0
+    while misses < _PROBED_MISSES:
+        path = store.logs / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
+        if path.exists():
+            found, misses = str(path), 0
+        else:
+            misses += 1
         attempt += 1
-        path = store.logs / f"log_{taskid}.{attempt}"
-    return str(path)
+    return found
+
+
+_PROBED_MISSES: Final = 2
 
 
 def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:

@@ -211,6 +211,12 @@ class Worker:
 
         :returns: the worker's exit status
         """
+        try:
+            return self._work()
+        finally:
+            self.logs.finish()
+
+    def _work(self) -> int:
         tasks = self._claim()
         while tasks:
             for self._index, task in enumerate(tasks):
@@ -309,9 +315,8 @@ class Worker:
         log = ""
         if message:
             opened = self.logs.open(task.taskid, task.attempt)
-            with opened.handle:
-                opened.handle.write(f"pytaskfarmer: not run: {message}\n")
-            log = opened.location()
+            opened.handle.write(f"pytaskfarmer: not run: {message}\n")
+            log = self.logs.close(opened)
         now = time.time()
         outcome = Outcome(0 if reason == SKIPPED else 2, now, now, attempt=task.attempt, log=log, reason=reason)
         self._record(task, outcome, retry=False)
@@ -341,14 +346,16 @@ class Worker:
         memory = plan.directive.memory if plan.directive.memory is not None else self.spec.policy.memory
         self.watcher.task_started(runner=plan.runner, memory=memory)
         started = time.time()
-        with log.handle, bound(plan, allocation):
+        with bound(plan, allocation):
             returncode, reason = self._run_runner(task, plan, log.handle)
         ended = time.time()
         verdict = self.watcher.task_ended()
         # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
         process.kill_all_descendants(grace=self.spec.grace)
         if verdict.killed_for == STOP or self._stopped_meanwhile(returncode):
+            self.logs.close(log, ended=False)
             return None
+        location = self.logs.close(log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if returncode == 0 and not (verdict.killed_for or reason) and missing_outputs(plan.outputs):
             reason = MISSING
@@ -357,7 +364,7 @@ class Worker:
             started,
             ended,
             attempt=log.attempt,
-            log=log.location(),
+            log=location,
             reason=verdict.killed_for or reason,
             peak_rss_kb=max(verdict.peak_rss_kb, self._peak_rss_kb(plan.runner, before, after)),
             cpu_user=after.ru_utime - before.ru_utime,

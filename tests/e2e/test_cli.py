@@ -38,7 +38,7 @@ def test_every_task_runs_exactly_once_with_ids_as_line_numbers(tmp_path: Path) -
     assert sorted(ids(workdir / "finished")) == expected
     assert lines(workdir / "toprocess") == []
     assert lines(workdir / "failed") == []
-    assert sorted(p.name for p in (workdir / "logs").iterdir()) == sorted(f"log_{i}" for i in expected)
+    assert list((workdir / "logs").iterdir()) == []  # the tasks printed nothing: no empty log files
     assert "200 finished, 0 failed, 0 left" in result.stderr
     assert list((workdir / "running").iterdir()) == []
     assert list((workdir / "farmers").iterdir()) == []

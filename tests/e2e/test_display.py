@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @pytest.mark.timeout(60)
 def test_a_batch_log_starts_with_a_line_and_says_each_failure(tmp_path: Path) -> None:
-    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "exit 3", "true"])
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "echo oops; exit 3", "true"])
     result = run_farmer(tasklist, "-n", "2")
     assert result.returncode == 1
     first = result.stderr.splitlines()[0]

@@ -50,7 +50,7 @@ def _farmer_states(workdir: Path, capsys: pytest.CaptureFixture[str]) -> list[st
 
 
 def test_status_while_two_farmers_run_and_one_is_killed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tasklist = write_tasklist(tmp_path / "t.txt", ["exit 4", *["sleep 30"] * 6])
+    tasklist = write_tasklist(tmp_path / "t.txt", ["echo four; exit 4", *["sleep 30"] * 6])
     workdir = tmp_path / "t.txt_workdir"
     first = start_farmer(tasklist, "-n", "2")
     with cleanup(first):
@@ -204,6 +204,33 @@ def test_log_command_prints_a_tasks_output_in_both_modes(
     else:
         assert len(files) == 40 + 20  # one per attempt: the 20 odd tasks ran twice
     assert main(["log", str(workdir), "99"]) == 2
+
+
+def test_a_running_task_has_its_log_file_and_a_silent_one_leaves_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = tmp_path / "gate"
+    tasks = ["true", f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo done", "exit 3", "echo last"]
+    tasklist = write_tasklist(tmp_path / "t.txt", tasks)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "1")
+    with cleanup(farmer):
+        log = workdir / "logs" / "log_1"
+        wait_for(lambda: log.exists() and log.read_text() == "started\n", what="task 1's output in its log")
+        assert sorted(p.name for p in (workdir / "logs").iterdir()) == ["log_1"]  # task 0 printed nothing
+        gate.touch()
+        _, stderr = farmer.communicate(timeout=LONG)
+        assert farmer.returncode == 1, stderr
+        assert "task 2 failed (exit:3), log: none (no output)" in stderr
+    assert sorted(p.name for p in (workdir / "logs").iterdir()) == ["log_1", "log_3"]
+    assert log.read_text() == "started\ndone\n"
+    rows = [line.split("\t") for line in lines(workdir / "accounting.tsv")[1:]]
+    assert sorted((row[0], row[-1]) for row in rows) == [("0", ""), ("1", "logs/log_1"), ("2", ""), ("3", "logs/log_3")]
+    capsys.readouterr()
+    assert main(["log", str(workdir), "2"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["status", str(workdir)]) == 0
+    assert "failed   task 2 (exit:3): exit 3  log: no output" in capsys.readouterr().out
 
 
 @pytest.mark.timeout(60)

@@ -27,7 +27,7 @@ TASKS = [
     "sleep 2",  # 0 and 1: the first farmer's two workers are busy while the second one starts
     "sleep 2",
     "exit 3",
-    "kill -9 $$",
+    "echo dying; kill -9 $$",
     "sleep 30",  # killed by --task-timeout: timeout
     *["sleep 0.3"] * 8,
     "exit 3",
