@@ -9,10 +9,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def write_tasklist(directory: Path, tasks: int) -> Path:
-    """Write a tasklist of *tasks* lines of ``true`` in one go. :returns: its path"""
-    path = directory / f"true_{tasks}.txt"
-    path.write_bytes(b"true\n" * tasks)
+def write_tasklist(directory: Path, tasks: int, command: str = "true") -> Path:
+    """Write a tasklist of *tasks* lines of *command* in one go. :returns: its path"""
+    path = directory / f"tasks_{tasks}.txt"
+    path.write_bytes(f"{command}\n".encode() * tasks)
     return path
 
 

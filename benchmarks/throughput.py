@@ -1,7 +1,8 @@
 """Throughput of pytaskfarmer against ``xargs -P`` and GNU Parallel on tasklists of ``true``.
 
-Every tool runs the same tasklists (2,000 and 20,000 lines of ``true`` by default, written to ``--dir``, by default
-a new temporary directory) with two parallel jobs, so the figures measure each tool's overhead per task:
+Every tool runs the same tasklists (2,000 and 20,000 lines of ``true`` by default, or of ``--task COMMAND``, written
+to ``--dir``, by default a new temporary directory) with two parallel jobs, so the figures measure each tool's
+overhead per task:
 
 - ``xargs -P 2 -I{} sh -c '{}'``: the baseline, every line run as a shell command;
 - ``parallel -j2`` (GNU Parallel; with ``--parallel``, when installed: it takes minutes on 20,000 tasks);
@@ -16,12 +17,14 @@ them. The table gives, per tool and list, the median tasks per second (min-max o
 throughput as a fraction of ``xargs``'s in the same round (``0.50x``: half as many tasks per second), median and
 range. The absolute figures depend on the machine (and on what else runs on it); compare the ratios.
 
-A log file per task costs a file creation, whose price depends on the filesystem and even on the directory (on
-ext4, an inode is sought in the block group of the directory): the script measures it in a new directory beside
-the work directories, and after each such run in that run's own ``logs`` directory, and prints both. Run it with
-the project's Python::
+A task that prints something gets a log file of its own (``--task 'echo hello'``; a silent task's empty file is
+reused for the next task), and a file creation costs what the filesystem makes it cost, which varies even from one
+directory to the next (on ext4, an inode is sought in the block group of the directory): the script measures it in
+a new directory beside the work directories, and after each run that wrote log files in that run's own ``logs``
+directory, and prints both. Run it with the project's Python::
 
     .venv/bin/python benchmarks/throughput.py
+    .venv/bin/python benchmarks/throughput.py --task 'echo hello'
     .venv/bin/python benchmarks/throughput.py --sizes 2000 --rounds 3 --parallel \\
         --pytaskfarmer-legacy /tmp/ptf/bin/pytaskfarmer.py
 """
@@ -94,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="runs per tool and list, in turns (default: 3)")
     parser.add_argument("--parallel", action="store_true", help="also time GNU Parallel (minutes on 20,000 tasks)")
     parser.add_argument("--dir", type=Path, help="where the tasklists and work directories go (default: a new temp)")
+    parser.add_argument("--task", default="true", help="the command of every line (default: %(default)s)")
     parser.add_argument(
         "--pytaskfarmer-legacy",
         type=Path,
@@ -104,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.sizes = sorted({int(size) for size in args.sizes.split(",")})
     if args.rounds < 1 or args.sizes[0] < 1:
         parser.error("--sizes and --rounds must be positive")
+    if not args.task.strip() or "\n" in args.task:
+        parser.error("--task must be one non-empty line")
     if args.dir is not None and not args.dir.is_dir():
         parser.error(f"--dir {args.dir}: no such directory")
     return args
@@ -185,7 +191,7 @@ def format_table(results: list[Result]) -> str:
 def run_all(args: argparse.Namespace, directory: Path) -> list[Result]:
     results: list[Result] = []
     for tasks in args.sizes:
-        tasklist = write_tasklist(directory, tasks)
+        tasklist = write_tasklist(directory, tasks, args.task)
         chosen = [tool for tool in tools(args) if tasks <= (tool.max_tasks or tasks)]
         times: dict[str, list[float]] = {tool.name: [] for tool in chosen}
         for _ in range(args.rounds):
@@ -198,7 +204,7 @@ def run_all(args: argparse.Namespace, directory: Path) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(f"nproc: {nproc()}; tasks are `true`, 2 parallel jobs, {args.rounds} round(s) in turns")
+    print(f"nproc: {nproc()}; tasks are `{args.task}`, 2 parallel jobs, {args.rounds} round(s) in turns")
     print("note: the figures depend on the machine and its load; compare the ratios, not the seconds")
     if args.parallel and not shutil.which("parallel"):
         print("GNU Parallel not found: skipped (apt-get install parallel)")
