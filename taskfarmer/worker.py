@@ -171,6 +171,7 @@ class Worker:
         self.runner, self.variables = config.build_runner(spec.runner)
         self._planner = Planner((self.runner, self.variables), default_name=spec.runner.name)
         self.handler = config.build_tasklist(spec.handler)
+        # Who runs the tasks (farmer, worker, host): what the records of each attempt name, whatever the task.
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)
         self._slot_log = SlotLog(self.store.slot_path(spec.farmer, spec.worker))
         self._sizer = BatchSizer()
@@ -290,7 +291,6 @@ class Worker:
     def _attempts(self, task: Task, plan: TaskPlan, allocation: Allocation) -> bool:
         failures = 0  # of this task here: an attempt stopped or lost elsewhere does not use up --retries
         while True:
-            self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
             outcome = self._execute(task, plan, allocation)
             if outcome is None:
                 return False
@@ -311,7 +311,6 @@ class Worker:
 
     def _record_unrun(self, task: Task, *, reason: str, message: str) -> None:
         """Record a task that is not run: its directive is wrong, or its outputs exist already."""
-        self.slot = replace(self.slot, task=task.taskid, command=task.command, attempt=task.attempt)
         log = ""
         if message:
             opened = self.logs.open(task.taskid, task.attempt)
@@ -337,7 +336,6 @@ class Worker:
         if self.stopping():
             return None  # claimed just as the stop came: give it back unrun
         log = self.logs.open(task.taskid, task.attempt)
-        self.slot = replace(self.slot, attempt=log.attempt)
         self._slot_log.start(self._index, attempt=log.attempt, log=log.location())
         self._prepare_environment(task, log)
         self._send("start", task.taskid, task.command)
