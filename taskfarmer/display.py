@@ -14,8 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from taskfarmer.status import format_duration as _duration
-from taskfarmer.words import plural
+from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -147,7 +146,7 @@ class Display:
         left = self._counts.left + self._counts.running
         if not rate or not left:
             return "-"
-        return _duration(left / rate)
+        return format_duration(left / rate)
 
     def line(self) -> str:
         """:returns: the progress as one plain line"""
@@ -173,7 +172,7 @@ class Display:
             table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60 if column == "command" else None)
         now = time.monotonic()
         for worker, (task, command, started) in sorted(self._running.items())[:_RUNNING_SHOWN]:
-            table.add_row(str(worker), str(task), _duration(now - started), command)
+            table.add_row(str(worker), str(task), format_duration(now - started), command)
         parts: list[Any] = [self._progress, table]
         if self._failures:
             parts.append(Text("last failures:\n" + "\n".join(self._failures), style="red", no_wrap=True))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 from taskfarmer import jobs
 from taskfarmer.campaign import Campaign, CampaignError
 from taskfarmer.store import heartbeat_interval
-from taskfarmer.words import plural
+from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -240,15 +240,6 @@ def cut(command: object, width: int = 60) -> str:
     """:returns: *command* on at most *width* characters, an ellipsis saying when it was cut"""
     text = str(command)
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def format_duration(seconds: float | None) -> str:
-    """:returns: ``42s``, ``3m05s`` or ``2h07m``"""
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -> list[str]:

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from taskfarmer import status
 from taskfarmer.store import slot_counts
-from taskfarmer.words import plural
+from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -194,7 +194,7 @@ def render(store: WorkDir, shot: Snapshot) -> Group:
         f", {counts.running} running, {counts.left} to process",
     )
     rate = f"{shot.rate:.2f} tasks/s" if shot.rate else "no task ended in the last 10 minutes"
-    eta = f", ETA {status.format_duration(shot.eta)}" if shot.eta else ""
+    eta = f", ETA {format_duration(shot.eta)}" if shot.eta else ""
     hosts = Table("host", "farmers", "workers", "running", "oldest task", box=None, header_style="bold")
     for host, row in shot.hosts.items():
         farmers = collections.Counter(row.farmers)
@@ -203,7 +203,7 @@ def render(store: WorkDir, shot: Snapshot) -> Group:
             ", ".join(f"{n} {state}" for state, n in sorted(farmers.items())) or "-",
             str(row.workers),
             str(row.running),
-            status.format_duration(row.oldest) if row.running else "-",
+            format_duration(row.oldest) if row.running else "-",
         )
     parts: list[object] = [
         header,
@@ -231,7 +231,7 @@ def line(shot: Snapshot) -> str:
     counts = shot.counts
     hosts = " ".join(f"{host}:{row.running}" for host, row in shot.hosts.items())
     rate = f"{shot.rate:.2f}/s" if shot.rate else "-"
-    eta = status.format_duration(shot.eta) if shot.eta else "-"
+    eta = format_duration(shot.eta) if shot.eta else "-"
     return (
         f"{time.strftime('%H:%M:%S', time.localtime(shot.at))} {counts.total} tasks: {counts.finished} finished,"
         f" {counts.failed} failed, {counts.running} running, {counts.left} to process; rate {rate}, ETA {eta};"

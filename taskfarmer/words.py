@@ -1,4 +1,4 @@
-"""How counts are said to the user: ``1 task``, ``2 tasks``."""
+"""How counts and durations are said to the user: ``1 task``, ``2 tasks``, ``3m05s``."""
 
 from __future__ import annotations
 
@@ -6,3 +6,12 @@ from __future__ import annotations
 def plural(count: int, noun: str) -> str:
     """:returns: ``1 task``, ``2 tasks`` (*noun* takes an ``s`` unless *count* is 1)"""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def format_duration(seconds: float | None) -> str:
+    """:returns: ``42s``, ``3m05s`` or ``2h07m`` (``?`` when unknown)"""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
