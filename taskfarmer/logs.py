@@ -3,7 +3,8 @@
 Files: ``logs/log_ID`` for the first attempt, ``logs/log_ID.N`` for attempt N; a rerun never overwrites a log.
 The file exists from the attempt's start (``tail -f`` follows it). An attempt that printed nothing leaves no file:
 its empty file is renamed to the next attempt's name, so that a farm of silent tasks does not pay a file creation
-(an inode: slow on a busy local disk, a metadata request and a unit of inode quota on Lustre) per task.
+(an inode: slow on a busy local disk, a metadata request and a unit of inode quota on Lustre) per task, and leaves
+no empty files.
 
 Stream: every task of a worker appends to ``logs/stream.FARMER.WORKER``, after a header line
 ``==> task ID attempt N <==``; the accounting records where its output starts and how long it is
@@ -66,7 +67,6 @@ class TaskLogs:
         self._stream = directory / stream_name
         self._stream_fd: int | None = None  # opened once: only this worker writes its stream
         self._spare: tuple[Path, int] | None = None  # the empty log of the last attempt: the next one's, renamed
-        self._renames = True  # whether the filesystem renames without replacing (RENAME_NOREPLACE)
 
     def open(self, taskid: int, attempt: int) -> TaskLog:
         """Open the log of an attempt (a later attempt number when that one already has a log file)."""
@@ -95,7 +95,7 @@ class TaskLogs:
         log.handle.close()
         if log.fd < 0:
             return log.location()
-        if ended and self._spare is None and self._renames and os.fstat(log.fd).st_size == 0:
+        if ended and self._spare is None and os.fstat(log.fd).st_size == 0:
             self._spare = (log.path, log.fd)
             return ""
         os.close(log.fd)
@@ -124,11 +124,7 @@ class TaskLogs:
             self._spare = None
             os.close(fd)
             return -1
-        if not _rename_noreplace(spare, path):
-            self._renames = False  # this filesystem cannot rename without replacing: a new file per attempt
-            self._spare = None
-            os.close(fd)
-            return -1
+        _rename_unless_taken(spare, path)
         self._spare = None
         return fd
 
@@ -142,11 +138,24 @@ class TaskLogs:
         return TaskLog(attempt, handle, self._stream, offset=offset, stream_fd=self._stream_fd)
 
 
-def _rename_noreplace(source: Path, target: Path) -> bool:
-    """Rename *source* to *target* in one step that fails if *target* exists (``renameat2(RENAME_NOREPLACE)``,
-    which Python's ``os`` does not offer): a log of an earlier attempt is never overwritten.
+def _rename_unless_taken(source: Path, target: Path) -> None:
+    """Rename *source* to *target*, never replacing a file there: a log of an earlier attempt is never overwritten.
 
-    :returns: ``False`` when the C library or the filesystem cannot (NFS): the caller creates a file instead
+    :raises FileExistsError: when *target* exists
+    """
+    if _renameat2_noreplace(source, target):
+        return
+    # The filesystem cannot do it in one step (NFS, CephFS): look first. Only two farmers running the same attempt at
+    # once (one whose lease was taken over while it still ran) could both find the name free.
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    source.rename(target)
+
+
+def _renameat2_noreplace(source: Path, target: Path) -> bool:
+    """``renameat2(RENAME_NOREPLACE)``, which Python's ``os`` does not offer: one step that fails if *target* exists.
+
+    :returns: ``False`` when the C library or the filesystem cannot
     :raises FileExistsError: when *target* exists
     """
     rename = getattr(_LIBC, "renameat2", None)

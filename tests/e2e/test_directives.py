@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Each task records when it ran, which core slots and CPUs it was bound to, and its GPUs.
+# Each task appends its record in one write: print() makes two (the line, then its newline) when PYTHONUNBUFFERED
+# is set, and the records of tasks ending together would interleave.
 _RECORD = (
     'python3 -c "import json, os, time; s = time.time(); time.sleep({sleep});'
-    " print(json.dumps({{'task': {task}, 'start': s, 'end': time.time(),"
+    " os.write(1, (json.dumps({{'task': {task}, 'start': s, 'end': time.time(),"
     " 'slots': os.environ.get('TASKFARMER_CORE_SLOTS', ''), 'cpus': sorted(os.sched_getaffinity(0)),"
-    " 'omp': os.environ.get('OMP_NUM_THREADS'), 'gpus': os.environ.get('CUDA_VISIBLE_DEVICES', '')}}))\""
+    " 'omp': os.environ.get('OMP_NUM_THREADS'), 'gpus': os.environ.get('CUDA_VISIBLE_DEVICES', '')}})"
+    ' + chr(10)).encode())"'
     " >> {out}"
 )
 

@@ -87,24 +87,44 @@ def test_output_written_after_the_attempt_was_recorded_stays_in_its_file(directo
     assert _names(directory) == ["log_1"]
 
 
-def test_where_renaming_without_replacing_fails_every_attempt_gets_a_new_file(
+def test_where_the_filesystem_cannot_rename_without_replacing_the_name_is_checked_first(
     directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # NFS, for one, refuses RENAME_NOREPLACE: the farm falls back to a file per attempt.
-    monkeypatch.setattr(logs, "_rename_noreplace", lambda _source, _target: False)
+    # NFS and CephFS refuse RENAME_NOREPLACE (EINVAL), as does a C library without renameat2.
+    monkeypatch.setattr(logs, "_renameat2_noreplace", lambda _source, _target: False)
+    (directory / "log_2").write_text("from a farmer that died\n")
     task_logs = _logs(directory)
     assert task_logs.close(task_logs.open(1, 1)) == ""
-    assert task_logs.close(task_logs.open(2, 1)) == "logs/log_2"
-    assert task_logs.close(task_logs.open(3, 1)) == "logs/log_3"
+    second = task_logs.open(2, 1)
+    assert second.path == directory / "log_2.2"
+    assert task_logs.close(second) == ""
+    third = task_logs.open(3, 1)
+    third.handle.write("three\n")
+    assert task_logs.close(third) == "logs/log_3"
     task_logs.finish()
-    assert _names(directory) == ["log_1", "log_2", "log_3"]
+    assert _names(directory) == ["log_2", "log_3"]
+    assert (directory / "log_2").read_text() == "from a farmer that died\n"
 
 
-def test_renaming_without_replacing_refuses_an_existing_target(directory: Path) -> None:
+@pytest.mark.parametrize("one_step", [True, False])
+def test_renaming_never_replaces_an_existing_file(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, *, one_step: bool
+) -> None:
+    if not one_step:
+        monkeypatch.setattr(logs, "_renameat2_noreplace", lambda _source, _target: False)
     (directory / "a").write_text("a")
     (directory / "b").write_text("b")
     with pytest.raises(FileExistsError):
-        logs._rename_noreplace(directory / "a", directory / "b")
-    assert logs._rename_noreplace(directory / "a", directory / "c")
+        logs._rename_unless_taken(directory / "a", directory / "b")
+    logs._rename_unless_taken(directory / "a", directory / "c")
     assert _names(directory) == ["b", "c"]
     assert (directory / "c").read_text() == "a"
+
+
+def test_this_machine_renames_without_replacing_in_one_step(directory: Path) -> None:
+    # The local filesystems (ext4, xfs, tmpfs, btrfs) and glibc >= 2.28 do: the check-first path is the exception.
+    (directory / "a").write_text("a")
+    assert logs._renameat2_noreplace(directory / "a", directory / "b")
+    (directory / "c").write_text("c")
+    with pytest.raises(FileExistsError):
+        logs._renameat2_noreplace(directory / "b", directory / "c")
