@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from taskfarmer.cli import pytaskfarmer_main
+from taskfarmer.cli import pytaskfarmer_program
 
 if __name__ == "__main__":
-    sys.exit(pytaskfarmer_main())
+    pytaskfarmer_program()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
+from taskfarmer.cli import taskfarmer_program
 
-from taskfarmer.cli import main
-
-sys.exit(main())
+taskfarmer_program()

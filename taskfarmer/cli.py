@@ -16,6 +16,7 @@ The only module that prints errors and picks exit statuses:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -210,6 +211,28 @@ class _Version(argparse.Action):
 
         sys.stdout.write(f"{parser.prog} {importlib.metadata.version('pytaskfarmer')}\n")
         parser.exit()
+
+
+def pytaskfarmer_program() -> NoReturn:
+    """The ``pytaskfarmer.py`` program."""
+    exit_now(pytaskfarmer_main())
+
+
+def taskfarmer_program() -> NoReturn:
+    """The ``taskfarmer`` program."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit with *code* once the output is written, without the interpreter's teardown of every imported module.
+
+    What a command did is on disk by now; the teardown would add some 30 ms to every farm, a sixth of its fixed cost.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed: nothing more to say
+            stream.flush()
+    os._exit(code)
 
 
 def pytaskfarmer_main(argv: Sequence[str] | None = None) -> int:
