@@ -1,12 +1,14 @@
 """What operating features cost: the progress display, the accounting, and the files and metadata calls per task.
 
-Three measurements, in one run, on tasklists of ``true`` with 2 workers:
+Three measurements, in one run, with 2 workers:
 
-1. Throughput with each display: ``-q`` (none), the plain-line mode of a batch job (stderr not a terminal), and the
-   live ``rich`` view on a terminal (the farmer runs under ``script``, which gives it a pseudo-terminal).
+1. Throughput with each display, on a tasklist of ``true``: ``-q`` (none), the plain-line mode of a batch job
+   (stderr not a terminal), and the live ``rich`` view on a terminal (the farmer runs under ``script``, which gives
+   it a pseudo-terminal).
 2. The store's claim-and-record step, in-process, by batch size: microseconds and lock holds per task.
 3. Files created, and system calls naming a path in the work directory per task (what a shared filesystem's
-   metadata server sees), in the default log mode (a file per task) and the streamed mode (a file per worker).
+   metadata server sees), in the default log mode (a file per task that prints) and the streamed mode (a file per
+   worker), for silent tasks (``true``) and tasks that print (``echo hello``).
    Needs ``strace`` (``apt-get install strace``).
 
 Run it with the project's Python (the figures depend on the machine; compare within one run)::
@@ -108,20 +110,24 @@ def _workdir_calls(argv: list[str], workdir: Path) -> dict[str, int]:
         return counts
 
 
-def metadata_costs(tasklist: Path, scratch: Path, tasks: int) -> None:
+def metadata_costs(scratch: Path, tasks: int) -> None:
     if shutil.which("strace") is None:
         print("\n3. metadata: strace not found (apt-get install strace): skipped")
         return
-    print(f"\n3. metadata calls on the work directory per task ({tasks} tasks of `true`, 2 workers, strace -f)")
-    print(f"{'log mode':8} {'files':>6} {'per task:':>10} calls by type")
-    for mode in ("files", "stream"):
-        workdir = scratch / f"meta-{mode}"
+    print(f"\n3. metadata calls on the work directory per task ({tasks} tasks, 2 workers, strace -f)")
+    print(f"{'log mode, tasks':24} {'files':>6} {'per task:':>10} calls by type")
+    for mode, command in (("files", "true"), ("files", "echo hello"), ("stream", "true"), ("stream", "echo hello")):
+        name = f"{mode}-{command.split()[0]}"
+        tasklist = scratch / f"{name}.txt"
+        tasklist.write_text(f"{command}\n" * tasks)
+        workdir = scratch / f"meta-{name}"
         counts = _workdir_calls([*FARMER, "-q", "-n", "2", "--logs", mode, "-w", str(workdir), str(tasklist)], workdir)
         created = sum(1 for path in workdir.rglob("*") if path.is_file())
         total = sum(counts.values()) / tasks
-        detail = ", ".join(f"{name} {count / tasks:.1f}" for name, count in sorted(counts.items(), key=lambda i: -i[1]))
-        print(f"{mode:8} {created:6d} {total:10.1f} {detail}")
+        detail = ", ".join(f"{call} {count / tasks:.1f}" for call, count in sorted(counts.items(), key=lambda i: -i[1]))
+        print(f"{mode + ', ' + command:24} {created:6d} {total:10.1f} {detail}")
     print("(files: files in the work directory afterwards; calls: those naming a path in it, all processes)")
+    print("(a task that prints gets a log file of its own; a silent task's empty file is renamed for the next task)")
 
 
 def main() -> int:
@@ -136,9 +142,7 @@ def main() -> int:
         tasklist.write_text("true\n" * args.tasks)
         display_costs(tasklist, scratch, args.tasks, args.repeat)
         store_cost(scratch)
-        small = scratch / "true-small.txt"
-        small.write_text("true\n" * args.strace_tasks)
-        metadata_costs(small, scratch, args.strace_tasks)
+        metadata_costs(scratch, args.strace_tasks)
     return 0
 
 
