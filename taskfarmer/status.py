@@ -116,11 +116,11 @@ def _recent_rate(accounting: Path) -> float | None:
 
 
 def latest_log(store: WorkDir, taskid: int) -> str:
-    """:returns: the newest log file of task *taskid* (files mode), or ``"no output"``
+    """:returns: the newest log file of task *taskid* (files mode), ``""`` when it has none
 
     An attempt that printed nothing has no file: the attempts are probed until two in a row have none.
     """
-    found, attempt, misses = "no output", 1, 0
+    found, attempt, misses = "", 1, 0
     while misses < _PROBED_MISSES:
         path = store.logs / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
         if path.exists():
@@ -217,7 +217,8 @@ def format_text(report: StatusReport) -> str:
         eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s and alive else ""
         lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
-        f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}  log: {f['log']}" for f in report.failed
+        f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}  log: {f['log'] or 'no output'}"
+        for f in report.failed
     ]
     if report.failed_not_shown:
         lines.append(f"  ... and {plural(report.failed_not_shown, 'more failed task')}: see {report.workdir}/failed")

@@ -143,7 +143,7 @@ class Watcher:
 
     def _failure(self, line: bytes) -> str:
         taskid, state, command = [*line.decode(errors="replace").split(" ", 2), "", ""][:3]
-        log = status.latest_log(self.store, int(taskid)) if taskid.isdigit() else ""
+        log = (status.latest_log(self.store, int(taskid)) or "no output") if taskid.isdigit() else ""
         return f"task {taskid} ({state}): {status.cut(command, 50)}  {log}"
 
     def _rate(self) -> float | None:

@@ -231,6 +231,9 @@ def test_a_running_task_has_its_log_file_and_a_silent_one_leaves_none(
     assert capsys.readouterr().out == ""
     assert main(["status", str(workdir)]) == 0
     assert "failed   task 2 (exit:3): exit 3  log: no output" in capsys.readouterr().out
+    failed = _status_json(workdir, capsys)["failed"]
+    assert isinstance(failed, list)
+    assert [(entry["task"], entry["log"]) for entry in failed] == [(2, "")]
 
 
 @pytest.mark.timeout(60)
