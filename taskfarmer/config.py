@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from dotenv import dotenv_values
-
 from taskfarmer.errors import ConfigError, UnknownDefinitionError
 
 _LOGGER: Final = logging.getLogger(__name__)
@@ -258,6 +256,8 @@ def parse_variables(value: str, *, relative_to: str = BUILTIN) -> dict[str, str]
     :param relative_to: the INI file a relative path is relative to
     :raises ValueError: when the file does not exist
     """
+    from dotenv import dotenv_values  # noqa: PLC0415  # only runners with variables need it
+
     text = value.strip()
     if "=" in text:
         parsed = dotenv_values(stream=io.StringIO(text), interpolate=True)

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-import psutil
-
 from taskfarmer import process
 
 if TYPE_CHECKING:
@@ -111,6 +109,8 @@ class TaskWatcher:
 
     def _sample_memory(self) -> int:
         # In a worker process, every descendant belongs to the running task (orphans are adopted: subreaper).
+        import psutil  # noqa: PLC0415  # loaded by the first sample (--task-memory): most farms never need it
+
         total = 0
         for proc in process.descendants():
             with contextlib.suppress(psutil.Error):

@@ -19,14 +19,14 @@ import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
-import psutil
-
 from taskfarmer import process
 from taskfarmer.errors import EngineNotFoundError
 
 if TYPE_CHECKING:
     import resource
     from collections.abc import Mapping
+
+    import psutil
 
 _LOGGER: Final = logging.getLogger(__name__)
 TASK_KEY_VARIABLE: Final = "TASKFARMER_TASK_KEY"
@@ -215,6 +215,8 @@ class CommandRunner(Runner):
     def _task_processes(pid: int, key: str, *, reaped: bool) -> list[psutil.Process]:
         # The task's own tree, plus orphans it left that this (subreaper) process adopted: they carry its key.
         # Once the task is reaped its PID may be another process's already: then only the key tells.
+        import psutil  # noqa: PLC0415  # loaded on the first kill: most farms never need it
+
         victims: list[psutil.Process] = []
         if not reaped:
             victims = process.descendants(pid)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
-import uuid
 from dataclasses import asdict, dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any, Final, TypeVar
-
-import psutil
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 _CTIME_TOLERANCE: Final = 0.5 / _CLOCK_TICKS  # the same tick count, read twice
@@ -58,6 +56,8 @@ def process_ctime(pid: int) -> float | None:
 
 
 def _psutil_ctime(pid: int) -> float | None:
+    import psutil  # noqa: PLC0415  # only where /proc is missing (not Linux)
+
     try:
         proc = psutil.Process(pid)
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
@@ -105,7 +105,7 @@ class FarmerRecord:
     def new(cls, *, workers: int, lease: float) -> FarmerRecord:
         """:returns: a record for a farmer started by the calling process"""
         holder = Holder.this_process()
-        name = f"{holder.host}.{holder.pid}.{uuid.uuid4().hex[:6]}"
+        name = f"{holder.host}.{holder.pid}.{secrets.token_hex(3)}"
         return cls(name=name, holder=holder, started=time.time(), workers=workers, lease=lease)
 
     def to_json(self) -> bytes:

@@ -67,6 +67,16 @@ def _assert_each_task_in_exactly_one_state(workdir: Path) -> None:
     assert sorted(everything) == list(range(TASKS)), "tasks lost"
 
 
+def _assert_each_log_in_the_accounting_is_that_attempts(workdir: Path) -> None:
+    # A silent task's empty log is renamed to the next task's: a kill anywhere in that must never leave a record
+    # pointing at a file that is gone, or at another task's.
+    for row in lines(workdir / "accounting.tsv")[1:]:
+        taskid, attempt, *_, log = row.split("\t")
+        if log:
+            assert log == (f"logs/log_{taskid}" if attempt == "1" else f"logs/log_{taskid}.{attempt}"), row
+            assert (workdir / log).exists(), row
+
+
 def _kill_whole_tree(farmer: subprocess.Popen[str], marker: str) -> None:
     os.killpg(farmer.pid, signal.SIGKILL)
     for proc in processes_with_env("TF_TEST_MARK", marker):  # tasks run in sessions of their own
@@ -117,6 +127,7 @@ def test_random_kill_9_then_restart_loses_nothing(tmp_path: Path, mode: str) -> 
     ran_twice = {task for task, n in done.items() if n > 1}
     assert ran_twice <= in_flight, f"tasks ran twice without being in flight at a kill: {ran_twice - in_flight}"
     assert sum(n - 1 for n in done.values()) <= KILLS * WORKERS
+    _assert_each_log_in_the_accounting_is_that_attempts(workdir)
 
 
 @pytest.mark.timeout(180)
