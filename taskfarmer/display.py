@@ -99,7 +99,9 @@ class Display:
         return handler
 
     def on_event(self, event: tuple[Any, ...]) -> None:
-        """Take a farmer event: ``start``/``end``/``retry``/``returned``/``log`` of a worker, ``stopping``, ``tick``."""
+        """Take a farmer event: ``start`` (live view only)/``end``/``retry``/``returned``/``log`` of a worker,
+        ``stopping`` (with the count of tasks running), ``tick``.
+        """
         kind = event[0]
         if kind == "start":
             self._running[event[1]] = (event[2], event[3], time.monotonic())
@@ -110,7 +112,7 @@ class Display:
         elif kind == "log":
             self._say(event[3])
         elif kind == "stopping":
-            self._stopping = _stopping_line(len(self._running), grace=event[3])
+            self._stopping = _stopping_line(event[1], grace=event[3])
             self._say(f"pytaskfarmer: {self._stopping}")
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:

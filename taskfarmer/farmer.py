@@ -85,7 +85,7 @@ class FarmerOptions:
     log_mode: str = FILES
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
     skip_existing: bool = False  # tasks whose declared outputs all exist are recorded as finished, not run
-    forward_logs: bool = False  # workers send their log lines to the listener (a live view prints them)
+    forward_logs: bool = False  # workers send their log lines and task starts to the listener (a live view shows them)
 
 
 @dataclass
@@ -115,8 +115,9 @@ class Farmer:
         listener: Callable[[tuple[Any, ...]], None],
         runner: object = None,
     ) -> None:
-        """:param listener: receives the workers' events: ``("start", worker, taskid, command)`` and
-        ``("end", worker, taskid, status)``
+        """:param listener: receives the workers' events: ``("end", worker, taskid, status, log)`` and the others,
+        ``("start", worker, taskid, command)`` only for a live view (``forward_logs``), and the farmer's own:
+        ``("stopping", running, -1, grace, "")``, ``("tick",)``
         :param runner: the runner built in this process, whose ``cleanup`` removes what dead workers left behind
         """
         self.store = store
@@ -363,12 +364,18 @@ class Farmer:
 
     # -- stopping ---------------------------------------------------------------------------------------------------
 
+    def _running_here(self) -> int:
+        """:returns: how many tasks this farmer's workers run now (their slot files say: a task's start is written
+        there before it starts)
+        """
+        views = (self.store.read_slot(self.store.slot_path(self.record.name, slot)) for slot in self._workers)
+        return sum(len(view.running()) for view in views if view is not None)
+
     def _shutdown(self) -> None:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
         if self._workers and self.result.stopped is not None:
-            self._drain_events(0)  # the tasks started since the last tick: the listener says how many get SIGTERM
-            self._listener(("stopping", len(self._workers), -1, str(self.options.grace), ""))
+            self._listener(("stopping", self._running_here(), -1, str(self.options.grace), ""))
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
             self._drain_events(_TICK)

@@ -83,7 +83,7 @@ class WorkerSpec:
     grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
     claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
     skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
-    forward_logs: bool = False  # log records go to the farmer (which prints them above its live view)
+    forward_logs: bool = False  # log records and task starts go to the farmer (which shows them in its live view)
     forked: bool = False  # a fork of the farmer, not a new interpreter: what it inherited is let go first
 
 
@@ -338,7 +338,8 @@ class Worker:
         log = self.logs.open(task.taskid, task.attempt)
         self._slot_log.start(self._index, attempt=log.attempt, log=log.location())
         self._prepare_environment(task, log)
-        self._send("start", task.taskid, task.command)
+        if self.spec.forward_logs:  # only a live view shows each running task: spare the farmer an event per task
+            self._send("start", task.taskid, task.command)
         _LOGGER.info("task %d started (attempt %d): %s", task.taskid, log.attempt, task.command)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         memory = plan.directive.memory if plan.directive.memory is not None else self.spec.policy.memory
