@@ -196,6 +196,21 @@ def test_remote_farmers_are_dead_only_after_their_lease(tmp_path: Path, age: flo
     assert (store.farmers / remote_slot.farmer).exists() is not recovered
 
 
+@pytest.mark.parametrize("farmer_file", ["damaged", "missing"])
+def test_a_remote_farmer_whose_file_cannot_be_read_keeps_its_tasks(tmp_path: Path, farmer_file: str) -> None:
+    # A client cache (GlusterFS's defaults) can serve a farmer file half written: that farmer is not gone.
+    store, farmer, _ = _store(tmp_path)
+    remote_slot = _remote(store, lease=60.0, age=5.0)
+    _, tasks = _claim(store, remote_slot)
+    path = store.farmers / remote_slot.farmer
+    if farmer_file == "damaged":
+        path.write_bytes(b'{"name": "other-node.42')
+    else:
+        path.unlink()
+    returned = store.recover_dead(me=farmer.name)
+    assert [t.taskid for t in returned] == ([] if farmer_file == "damaged" else [tasks[0].taskid])
+
+
 def test_a_late_remote_farmer_is_reported_stale_before_its_lease_ends(tmp_path: Path) -> None:
     store, farmer, _ = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=30.0)
