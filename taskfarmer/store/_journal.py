@@ -142,6 +142,7 @@ def _decode(item: dict[str, object]) -> Action:
 
 
 TRACKED: Final = ("toprocess", "finished", "failed", "accounting.tsv", "timeline.json")
+MARKED: Final = ".marked"  # exists once the generation markers are set up: they are never set up again
 
 
 @dataclass
@@ -204,6 +205,7 @@ class Journal:
         self._sync = sync
         self._fd: int | None = None
         self._writer = os.urandom(6).hex()  # this process's mark on the generations it writes
+        self._marked_here = False  # whether this process saw to it that MARKED exists
         self.state = StoreState()
         self.adopt_next = False  # see WorkDir._transaction: a holder died between its marker and its record
 
@@ -275,13 +277,23 @@ class Journal:
         """
         previous = self._root / f".gen-{generation - 1}"
         if not self.state.marked:
-            # A new work directory (or one of the previous version): the first change sets the marker up.
+            # A new work directory (or one of the previous version): the first change sets the marker up, once. The
+            # server decides whether it is the first (O_EXCL): a journal read empty or unmarked from a client cache
+            # must not set up a second chain beside the real one and write from that old view.
+            try:
+                os.close(os.open(self._root / MARKED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError as exc:
+                raise ConflictError("the generation marker was set up before this view of the journal") from exc
+            self._marked_here = True
             for stray in self._root.glob(".gen-*"):
                 stray.unlink(missing_ok=True)
             try:
                 os.close(os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError as exc:
                 raise ConflictError(f"generation {generation - 1} set up by another farmer") from exc
+        elif not self._marked_here:  # a work directory marked by a version without MARKED: add it, once per process
+            os.close(os.open(self._root / MARKED, os.O_WRONLY | os.O_CREAT, 0o644))
+            self._marked_here = True
         try:
             previous.rename(self._root / f".gen-{generation}")
         except FileNotFoundError as exc:

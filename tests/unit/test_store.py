@@ -401,6 +401,26 @@ def test_a_change_from_an_old_view_is_refused_by_the_marker_and_redone_once_the_
     assert [t.taskid for t in second] == [1]  # not task 0 again
 
 
+def test_a_journal_read_empty_from_a_cache_never_sets_up_a_second_marker_chain(tmp_path: Path) -> None:
+    # GlusterFS's client caches can serve a work directory's journal as it was when created: empty, unmarked.
+    store, _, slot = _store(tmp_path)
+    journal = store.path / ".journal"
+    _, first = _claim(store, slot)  # node A claims task 0
+    fresh = journal.read_bytes()
+    generation = json.loads(fresh)["g"]
+    journal.write_bytes(b"")  # node B's cache serves the journal empty...
+    expiry = threading.Timer(0.4, journal.write_bytes, args=(fresh,))  # ... for a while
+    expiry.start()
+    started = time.monotonic()
+    _, second = _claim(WorkDir(store.path), replace(slot, worker=1))
+    expiry.join()
+    assert time.monotonic() - started >= 0.4  # it waited for a fresh view instead of starting a chain of its own
+    assert [t.taskid for t in first] == [0]
+    assert [t.taskid for t in second] == [1]
+    assert json.loads(journal.read_bytes())["g"] == generation + 1
+    assert sorted(p.name for p in store.path.glob(".gen-*")) == [f".gen-{generation + 1}"]
+
+
 def test_a_farmer_killed_between_marker_and_record_does_not_block_the_next(tmp_path: Path) -> None:
     store, _, slot = _store(tmp_path)
     generation = json.loads((store.path / ".journal").read_bytes())["g"]
