@@ -215,7 +215,9 @@ class Journal:
         :returns: whether there was such a change; a description of the problem when the journal is older than
             what this process saw before (a stale view: nothing is changed then, close with :meth:`end`)
         """
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd, created = _open_or_create(self._path)
+        if created:  # a new work directory, or its journal removed by hand: the marker chain starts anew
+            (self._root / MARKED).unlink(missing_ok=True)
         content = _files.read_all(self._fd)
         head, _, record = content.partition(b"\n") if not content.startswith(b"[") else (b"", b"", content)
         try:
@@ -277,9 +279,10 @@ class Journal:
         """
         previous = self._root / f".gen-{generation - 1}"
         if not self.state.marked:
-            # A new work directory (or one of the previous version): the first change sets the marker up, once. The
-            # server decides whether it is the first (O_EXCL): a journal read empty or unmarked from a client cache
-            # must not set up a second chain beside the real one and write from that old view.
+            # A new work directory (or one of the previous version, or whose journal was removed by hand): the first
+            # change sets the marker up, once. The server decides whether it is the first (O_EXCL): a journal read
+            # empty or unmarked from a client cache must not set up a second chain beside the real one and write from
+            # that old view.
             try:
                 os.close(os.open(self._root / MARKED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError as exc:
@@ -325,6 +328,18 @@ class Journal:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             action.apply(self._root)
+
+
+def _open_or_create(path: Path) -> tuple[int, bool]:
+    """:returns: a descriptor of the journal at *path*, and whether this call created it (as the server says)"""
+    try:
+        return os.open(path, os.O_RDWR), False
+    except FileNotFoundError:
+        pass
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:  # another process created it meanwhile, or a client cache said it was not there
+        return os.open(path, os.O_RDWR), False
 
 
 def _older(read: StoreState, seen: StoreState) -> str:
