@@ -106,8 +106,8 @@ class TaskLogs:
         if self._spare is not None:
             path, fd = self._spare
             self._spare = None
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # an empty file left behind is harmless; a stopping worker's traceback
+                os.close(fd)
                 path.unlink()
         if self._stream_fd is not None:
             os.close(self._stream_fd)
@@ -124,7 +124,14 @@ class TaskLogs:
             self._spare = None
             os.close(fd)
             return -1
-        _rename_unless_taken(spare, path)
+        try:
+            _rename_unless_taken(spare, path)
+        except FileExistsError:
+            raise
+        except OSError:  # the spare is gone or cannot move (removed by hand, a filesystem error): a new file, then
+            self._spare = None
+            os.close(fd)
+            return -1
         self._spare = None
         return fd
 

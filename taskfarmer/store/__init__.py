@@ -670,12 +670,14 @@ class WorkDir:
         *me*: its workers may have died), so they are not even read
         """
         farmer_name = slot_path.name.rpartition(".")[0]
+        if farmer_name == me:
+            return True
         farmer = farmers.get(farmer_name)
-        if farmer is None and farmer_name != me:
+        if farmer is None:
             # Unregistered or forgotten: its slots are orphans. But a farmer file there that could not be read is a
             # farmer all the same (a client cache can serve it half written): never give its tasks away for that.
             return not (self.farmers / farmer_name).exists()
-        return farmer_name == me or farmer is None or self._farmer_dead(*farmer)
+        return self._farmer_dead(*farmer)
 
     def _forget(self, record: FarmerRecord) -> None:
         workers = max(self._journal.state.workers - record.workers, 0)

@@ -106,6 +106,17 @@ def test_where_the_filesystem_cannot_rename_without_replacing_the_name_is_checke
     assert (directory / "log_2").read_text() == "from a farmer that died\n"
 
 
+def test_a_spare_that_cannot_be_renamed_gives_way_to_a_new_file(directory: Path) -> None:
+    task_logs = _logs(directory)
+    assert task_logs.close(task_logs.open(1, 1)) == ""
+    (directory / "log_1").unlink()  # removed by hand while the worker kept it
+    log = task_logs.open(2, 1)
+    assert log.path == directory / "log_2"
+    log.handle.write("two\n")
+    assert task_logs.close(log) == "logs/log_2"
+    assert (directory / "log_2").read_text() == "two\n"
+
+
 @pytest.mark.parametrize("one_step", [True, False])
 def test_renaming_never_replaces_an_existing_file(
     directory: Path, monkeypatch: pytest.MonkeyPatch, *, one_step: bool
