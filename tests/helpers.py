@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Final
 
 import psutil
 
+from taskfarmer.worker import WORKER_NAME
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -88,6 +90,16 @@ def descendants_of_session(sid: int) -> list[psutil.Process]:
     for proc in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error):
             if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def workers_of(farmer_pid: int) -> list[psutil.Process]:
+    """:returns: the farmer's live worker processes; a child that ends while it is looked at is left out"""
+    found = []
+    for proc in psutil.Process(farmer_pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.name().startswith(WORKER_NAME) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
     return found
 

@@ -26,6 +26,7 @@ from tests.helpers import (
     run_farmer,
     start_farmer,
     wait_for,
+    workers_of,
     write_tasklist,
 )
 
@@ -169,12 +170,11 @@ def test_workers_share_no_open_lock_file_with_their_farmer(tmp_path: Path) -> No
     # with its farmer's descriptor would keep the work directory locked after a kill -9 of the farmer holding it.
     farmer, workdir = _busy_farmer(tmp_path, "sleep 30")
     with cleanup(farmer):
-        first = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
+        first = workers_of(farmer.pid)
         first[0].kill()  # its replacement is started by a farmer that has used the lock by then
 
         def replaced() -> set[int]:
-            workers = psutil.Process(farmer.pid).children()
-            return {p.pid for p in workers if p.name().startswith(WORKER_NAME)} - {first[0].pid}
+            return {p.pid for p in workers_of(farmer.pid)} - {first[0].pid}
 
         wait_for(lambda: len(replaced()) == 2 and len(WorkDir(workdir).running_tasks()) == 2, what="a new worker busy")
         lock = recorded_lock_path(workdir)
@@ -191,7 +191,7 @@ def test_pkill_of_the_farmers_command_line_spares_its_workers_which_end_their_ta
     marker = uuid.uuid4().hex
     farmer, workdir = _busy_farmer(tmp_path, f"TF_TEST_MARK={marker} sleep 30")
     with cleanup(farmer):
-        workers = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
+        workers = workers_of(farmer.pid)
         assert [p.cmdline()[0].split()[0] for p in workers] == [f"{WORKER_NAME}0", f"{WORKER_NAME}1"]
         pkill = subprocess.run(["pkill", "-9", "-f", str(tmp_path / "t.txt")], check=False)
         assert pkill.returncode == 0
@@ -224,7 +224,7 @@ def test_a_dead_worker_is_replaced_and_its_task_returned(tmp_path: Path) -> None
     with cleanup(farmer):
         busy = lambda: len(WorkDir(workdir).running_tasks()) == 2 if (workdir / "running").exists() else False  # noqa: E731
         wait_for(busy, what="both workers busy")
-        workers = [p for p in psutil.Process(farmer.pid).children() if p.name().startswith(WORKER_NAME)]
+        workers = workers_of(farmer.pid)
         assert len(workers) == 2
         victim = workers[0]
         victim_task = next(r.task for r in WorkDir(workdir).running_tasks() if r.holder.pid == victim.pid)
