@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Final
 from taskfarmer.errors import TaskFarmerError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from pathlib import Path
 
     from taskfarmer.store import WorkDir
@@ -202,7 +203,10 @@ def print_log(store: WorkDir, taskid: int, *, attempt: int | None, out: BinaryIO
 
 
 def _find(store: WorkDir, taskid: int, attempt: int | None) -> str:
-    found = _from_accounting(store, taskid, attempt)
+    # An attempt that ended moments ago has its accounting line in its worker's slot file until the next claim.
+    found = _from_slot_files(store, taskid, attempt)
+    if found is None:
+        found = _from_accounting(store, taskid, attempt)
     if found is None:  # not finished yet (running, or a farmer died): a per-task file may still exist
         number = attempt or 1
         path = store.logs / (f"log_{taskid}" if number == 1 else f"log_{taskid}.{number}")
@@ -232,13 +236,23 @@ def _is_a_task(store: WorkDir, taskid: int) -> bool:
 
 
 def _from_accounting(store: WorkDir, taskid: int, attempt: int | None) -> str | None:
+    with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as lines:
+        return _log_column(lines, taskid, attempt)
+    return None
+
+
+def _from_slot_files(store: WorkDir, taskid: int, attempt: int | None) -> str | None:
+    return _log_column((end.account for view in store.slot_views() for end in view.ended), taskid, attempt)
+
+
+def _log_column(lines: Iterable[bytes], taskid: int, attempt: int | None) -> str | None:
+    """:returns: the log column of the last accounting line of *taskid* (and *attempt*) among *lines*"""
     prefix = f"{taskid}\t".encode()
     found = None
-    with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as lines:
-        for line in lines:
-            if not line.startswith(prefix):
-                continue
-            fields = line.rstrip(b"\n").split(b"\t")
-            if attempt is None or fields[1] == str(attempt).encode():
-                found = fields[-1].decode()
+    for line in lines:
+        if not line.startswith(prefix):
+            continue
+        fields = line.rstrip(b"\n").split(b"\t")
+        if attempt is None or fields[1] == str(attempt).encode():
+            found = fields[-1].decode()
     return found
