@@ -9,7 +9,7 @@ The only module that prints errors and picks exit statuses:
        to the queue; run the same command again to go on
     4  stopped because its workers kept dying (a broken runner or environment), or this node sees a stale view of
        the work directory: fix it before running again
-    130  stopped at once by a second Ctrl-C
+    130  stopped at once by a Ctrl-C during a stop (a second one, or one during a --timeout stop)
     141  the reader of its output went away (status | head); a farmer goes on, and exits with the farm's status
 """
 

@@ -112,7 +112,7 @@ class Display:
         elif kind == "log":
             self._say(event[3])
         elif kind == "stopping":
-            self._stopping = _stopping_line(event[1], grace=event[3])
+            self._stopping = _stopping_line(event[1], grace=event[3], again=event[4])
             self._say(f"pytaskfarmer: {self._stopping}")
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:
@@ -191,13 +191,16 @@ class Display:
             self._live.stop()
 
 
-def _stopping_line(running: int, *, grace: str) -> str:
-    """:returns: what a first Ctrl-C does to the *running* tasks of this farmer (its idle workers just exit)"""
+def _stopping_line(running: int, *, grace: str, again: str) -> str:
+    """:returns: what a stop does to the *running* tasks of this farmer (its idle workers just exit)
+    :param again: ``"again"`` when the stop came from a Ctrl-C, ``""`` otherwise
+    """
     if not running:
         return "stopping: no task is running here; the workers exit"
     them = "it" if running == 1 else "them"
     gets = "gets" if running == 1 else "get"
+    ctrl_c = f"Ctrl-C {again}".rstrip()
     return (
         f"stopping: {plural(running, 'running task')} {gets} SIGTERM, SIGKILL after {grace} s;"
-        f" Ctrl-C again to kill {them} now"
+        f" {ctrl_c} to kill {them} now"
     )

@@ -61,7 +61,7 @@ class StopReason(enum.Enum):
 
     SIGNAL = "signal"
     TIMEOUT = "timeout"
-    IMMEDIATE = "second interrupt"
+    IMMEDIATE = "Ctrl-C while stopping"
     WORKERS_FAILING = "workers keep dying"
     FAIL_FAST = "too many failed tasks (--max-failures)"
     STORE = "the work directory cannot be trusted from this node"
@@ -117,7 +117,7 @@ class Farmer:
     ) -> None:
         """:param listener: receives the workers' events: ``("end", worker, taskid, status, log)`` and the others,
         ``("start", worker, taskid, command)`` only for a live view (``forward_logs``), and the farmer's own:
-        ``("stopping", running, -1, grace, "")``, ``("tick",)``
+        ``("stopping", running, -1, grace, "again" after a Ctrl-C else "")``, ``("tick",)``
         :param runner: the runner built in this process, whose ``cleanup`` removes what dead workers left behind
         """
         self.store = store
@@ -140,7 +140,7 @@ class Farmer:
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
-        self._signals = 0
+        self._interrupted = False  # the stop came from a Ctrl-C
         self._previous_handlers: dict[int, Any] = {}
         self.result = FarmerResult()
 
@@ -159,9 +159,11 @@ class Farmer:
         if signum == signal.SIGUSR2:
             self._flags.drain()
             return
-        self._signals += 1 if signum == signal.SIGINT else 0
-        if self.result.stopped is None or (signum == signal.SIGINT and self._signals > 1):
-            self.result.stopped = StopReason.IMMEDIATE if self._signals > 1 else StopReason.SIGNAL
+        if self.result.stopped is None:
+            self.result.stopped = StopReason.SIGNAL
+            self._interrupted = signum == signal.SIGINT
+        elif signum == signal.SIGINT:  # already stopping (a signal, --timeout...): the user wants it over now
+            self.result.stopped = StopReason.IMMEDIATE
 
     # -- the main loop ----------------------------------------------------------------------------------------------
 
@@ -375,7 +377,8 @@ class Farmer:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
         if self._workers and self.result.stopped is not None:
-            self._listener(("stopping", self._running_here(), -1, str(self.options.grace), ""))
+            again = "again" if self._interrupted else ""
+            self._listener(("stopping", self._running_here(), -1, str(self.options.grace), again))
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
             self._drain_events(_TICK)

@@ -134,6 +134,29 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1]
 
 
+def test_a_ctrl_c_during_a_timeout_stop_stops_at_once(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    log = tmp_path / "log"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"trap '' TERM; echo up >> {log}; sleep 300 & wait"])
+    farmer = start_farmer(tasklist, "-n", "1", "--grace", "60", "--timeout", "1", env={"TF_TEST_MARK": marker})
+    with cleanup(farmer):
+        wait_for(lambda: len(lines(log)) == 1, what="a task that ignores SIGTERM")
+        assert farmer.stderr is not None
+        stopping = farmer.stderr.readline()
+        while not stopping.startswith("pytaskfarmer: stopping"):
+            stopping = farmer.stderr.readline()
+        # A --timeout is no Ctrl-C: one Ctrl-C, not a second, is what ends the wait.
+        assert stopping.endswith("SIGKILL after 60.0 s; Ctrl-C to kill it now\n")
+        sent = time.monotonic()
+        os.kill(farmer.pid, signal.SIGINT)
+        _, stderr = farmer.communicate(timeout=LONG)
+        assert time.monotonic() - sent < 10, "the Ctrl-C waited for the grace period"
+    assert farmer.returncode == 130, stderr
+    assert "stopped (Ctrl-C while stopping)" in stderr
+    assert processes_with_env("TF_TEST_MARK", marker) == []
+    assert ids(tmp_path / "t.txt_workdir" / "toprocess") == [0]
+
+
 def test_workers_do_not_outlive_their_farmer(tmp_path: Path) -> None:
     farmer, marker, workdir = _start_busy_farm(tmp_path)
     with cleanup(farmer):
