@@ -29,6 +29,7 @@ from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.output import outlive_reader
 from taskfarmer.store import WorkDir, default_lock_path, recorded_lock_path
 from taskfarmer.store._ingest import open_tasklist
+from taskfarmer.words import plural
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -422,7 +423,14 @@ def _drain(args: argparse.Namespace) -> int:
 def _failed(args: argparse.Namespace) -> int:
     from taskfarmer.maintenance import print_failed  # noqa: PLC0415  # imported for this command only
 
-    print_failed(_existing_workdir(args), commands=args.commands, out=sys.stdout.buffer)
+    store = _existing_workdir(args)
+    left_out = print_failed(store, commands=args.commands, out=sys.stdout.buffer)
+    if left_out:
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"taskfarmer failed: {plural(left_out, 'failed line')} left out: only a preview of each is recorded"
+            f" (not UTF-8, too long, or a NUL byte); `taskfarmer failed {store.path}` shows them\n"
+        )
     return EXIT_OK
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from taskfarmer.words import plural
 
@@ -54,17 +54,30 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
 
 
 def _not_failed(store: WorkDir, ids: set[int]) -> str:
-    """:returns: why tasks asked for by ID were not put back (they are not in ``failed``)"""
+    """:returns: why tasks asked for by ID were not put back (not in ``failed``, or a line that cannot run)"""
     if not ids:
         return ""
-    finished = {int(word) for word in _first_words(store.finished) if word.isdigit()}
-    reasons = [f"task {i} {'finished' if i in finished else 'is not in failed'}" for i in sorted(ids)]
-    return f" ({', '.join(reasons)}: only failed tasks are requeued)"
+    finished = {int(word) for word, _ in _first_words(store.finished) if word.isdigit()}
+    invalid = {int(word): status for word, status in _first_words(store.failed) if word.isdigit()}
+    reasons = []
+    for taskid in sorted(ids):
+        if taskid in finished:
+            reasons.append(f"task {taskid} finished: only failed tasks are requeued")
+        elif invalid.get(taskid, "").startswith("invalid:"):
+            reasons.append(f"task {taskid} cannot run as written ({invalid[taskid]}): mend its line in a new list")
+        else:
+            reasons.append(f"task {taskid} is not in failed: only failed tasks are requeued")
+    return f" ({'; '.join(reasons)})"
 
 
-def _first_words(path: Path) -> list[str]:
+def _first_words(path: Path) -> list[tuple[str, str]]:
+    """:returns: the first two words (task ID, status) of each line of a state file"""
+    pairs = []
     with path.open("rb") as lines:
-        return [line.split(b" ", 1)[0].decode(errors="replace") for line in lines]
+        for line in lines:
+            words = line.decode(errors="replace").rstrip("\n").split(" ", 2)
+            pairs.append((words[0], words[1] if len(words) > 1 else ""))
+    return pairs
 
 
 def drain(store: WorkDir, *, cancel: bool) -> str:
@@ -82,14 +95,20 @@ def drain(store: WorkDir, *, cancel: bool) -> str:
 def print_failed(store: WorkDir, *, commands: bool, out: BinaryIO) -> int:
     """Print the failed tasks (``ID STATUS COMMAND``), or only their commands (``> retry.txt``).
 
-    :returns: how many there are
+    :returns: how many failed lines were left out of the commands: those whose recorded command is only a preview
+        of an unreadable line (not UTF-8, too long, a NUL byte)
     """
-    count = 0
+    left_out = 0
     with store.failed.open("rb") as lines:
         for line in lines:
             taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
-            if not taskid.isdigit() or status.startswith(b"invalid:"):
-                continue  # a line that cannot run: its recorded command is only a preview
-            out.write(command + b"\n" if commands else line)
-            count += 1
-    return count
+            if not commands:
+                out.write(line)
+            elif not taskid.isdigit() or status in UNREADABLE:
+                left_out += 1
+            else:
+                out.write(command + b"\n")  # an invalid directive too: the user mends it in the new list
+    return left_out
+
+
+UNREADABLE: Final = (b"invalid:too-long", b"invalid:not-utf8", b"invalid:nul-byte")

@@ -424,3 +424,28 @@ def test_failed_prints_the_failed_tasks_or_only_their_commands(
     assert capsysbinary.readouterr().out == b"1 exit:3 exit 3\n2 exit:1 echo 'x y' && false\n"
     assert main(["failed", str(tasklist), "--commands"]) == 0
     assert capsysbinary.readouterr().out == b"exit 3\necho 'x y' && false\n"
+
+
+def test_failed_lists_the_lines_that_cannot_run_and_requeue_says_why_it_leaves_them(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_bytes(b"true\necho \xff bad\necho two #taskfarmer colour=red\nexit 4\n")
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 1
+    assert main(["failed", str(tasklist)]) == 0
+    shown = capsysbinary.readouterr().out.splitlines()
+    assert [line.split(b" ", 2)[:2] for line in shown] == [
+        [b"1", b"invalid:not-utf8"],
+        [b"2", b"invalid:directive"],
+        [b"3", b"exit:4"],
+    ]
+    # A directive can be mended in the new list; an unreadable line has only a preview recorded: it is named.
+    assert main(["failed", str(tasklist), "--commands"]) == 0
+    out, err = capsysbinary.readouterr()
+    assert out == b"echo two #taskfarmer colour=red\nexit 4\n"
+    assert err.decode().startswith("taskfarmer failed: 1 failed line left out: only a preview of each is recorded")
+    assert main(["requeue", str(tasklist), "--id", "1", "--id", "2", "--id", "3"]) == 0
+    said = capsysbinary.readouterr().out.decode()
+    assert said.startswith("back in the queue: 1 failed task (task 1 cannot run as written (invalid:not-utf8)")
+    assert "task 2 cannot run as written (invalid:directive): mend its line in a new list)" in said
+    assert ids(tmp_path / "t.txt_workdir" / "toprocess") == [3]
