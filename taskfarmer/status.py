@@ -7,6 +7,7 @@ tail of ``accounting.tsv``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import time
@@ -15,12 +16,10 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from taskfarmer import jobs
 from taskfarmer.campaign import Campaign, CampaignError
-from taskfarmer.store import heartbeat_interval
+from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, heartbeat_interval
 from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from taskfarmer.store import WorkDir
 
 FAILED_SHOWN: Final = 20
@@ -49,7 +48,10 @@ class StatusReport:
 def collect(store: WorkDir) -> StatusReport:
     """Read the state of *store* into a report."""
     counts = store.counts()
-    rate = _recent_rate(store.accounting)
+    tail = _read_tail(store)
+    rate = tail.rate()
+    farmers = farmer_states(store)
+    alive = any(str(f["state"]).startswith("alive") for f in farmers)
     report = StatusReport(
         workdir=str(store.path),
         tasks={
@@ -61,11 +63,11 @@ def collect(store: WorkDir) -> StatusReport:
             "failed": counts.failed,
         },
         rate_per_s=rate,
-        eta_s=(counts.left + counts.running) / rate if rate else None,
+        eta_s=(counts.left + counts.running) / rate if rate and alive else None,  # nobody works on it: no ETA
+        farmers=farmers,
     )
-    report.failed, report.failed_not_shown = _failed(store)
+    report.failed, report.failed_not_shown = _failed(store, tail.logs)
     report.running = _running(store)
-    report.farmers = farmer_states(store)
     report.campaign, report.jobs = campaign_summary(store)
     return report
 
@@ -93,33 +95,53 @@ def campaign_summary(store: WorkDir) -> tuple[dict[str, object] | None, list[dic
     return summary, [asdict(row) for row in rows]
 
 
-def _recent_rate(accounting: Path) -> float | None:
-    """:returns: tasks per second over the last completions (from the file's tail), ``None`` when none are recent"""
-    try:
-        with accounting.open("rb") as source:
-            size = os.fstat(source.fileno()).st_size
-            source.seek(max(size - _TAIL_BYTES, 0))
-            tail = source.read().splitlines()[1:]  # the first line may be cut
-    except FileNotFoundError:
-        return None
-    now = time.time()
-    ends = []
-    for line in tail:
-        fields = line.split(b"\t")
-        if len(fields) > 5 and fields[5].replace(b".", b"").isdigit():
-            ends.append(float(fields[5]))
-    recent = [end for end in ends if now - end <= _RATE_WINDOW]
-    if len(recent) < 2:
-        return None
-    span = max(now - min(recent), 1.0)
-    return len(recent) / span
+@dataclass
+class _AccountingTail:
+    """What the end of ``accounting.tsv`` (and the lines still in the workers' slot files) tells."""
+
+    ends: list[float] = field(default_factory=list)  # when the attempts that ended their task ended
+    logs: dict[int, str] = field(default_factory=dict)  # task ID -> the log of its latest attempt ("": no output)
+
+    def add(self, line: bytes) -> None:
+        fields = line.rstrip(b"\n").split(b"\t")
+        if len(fields) < len(ACCOUNTING_HEADER.split(b"\t")) or not fields[0].isdigit():
+            return  # the header, or a line cut by the seek
+        self.logs[int(fields[0])] = fields[-1].decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            if fields[2].decode() not in GAVE_BACK:  # a stopped or lost attempt ended no task
+                self.ends.append(float(fields[5]))
+
+    def rate(self) -> float | None:
+        """:returns: tasks per second over the last completions, ``None`` when none are recent"""
+        now = time.time()
+        recent = [end for end in self.ends if now - end <= _RATE_WINDOW]
+        if len(recent) < 2:
+            return None
+        return len(recent) / max(now - min(recent), 1.0)
 
 
-def latest_log(store: WorkDir, taskid: int) -> str:
-    """:returns: the newest log file of task *taskid* (files mode), ``""`` when it has none
+def _read_tail(store: WorkDir) -> _AccountingTail:
+    tail = _AccountingTail()
+    with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        source.seek(max(size - _TAIL_BYTES, 0))
+        for line in source.read().splitlines()[1 if size > _TAIL_BYTES else 0 :]:  # the first line may be cut
+            tail.add(line)
+    for view in store.slot_views():  # ended moments ago: not merged into accounting.tsv yet
+        for end in view.ended:
+            tail.add(end.account)
+    return tail
 
-    An attempt that printed nothing has no file: the attempts are probed until two in a row have none.
+
+def latest_log(store: WorkDir, taskid: int, known: dict[int, str] | None = None) -> str | None:
+    """:param known: logs of the latest attempts, by task ID (what the tail of ``accounting.tsv`` says)
+    :returns: the log of the latest attempt of task *taskid*: a path (a stream log's with ``@OFFSET+LENGTH``),
+        ``""`` when it printed nothing, ``None`` when this cannot tell (an old attempt in stream mode)
+
+    In files mode an attempt that printed nothing has no file: the attempts are probed until two in a row have none.
     """
+    if known is not None and taskid in known:
+        return str(store.path / known[taskid]) if known[taskid] else ""
     found, attempt, misses = "", 1, 0
     while misses < _PROBED_MISSES:
         path = store.logs / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
@@ -128,13 +150,20 @@ def latest_log(store: WorkDir, taskid: int) -> str:
         else:
             misses += 1
         attempt += 1
-    return found
+    return found or None
+
+
+def log_words(log: object, workdir: object, taskid: object) -> str:
+    """:returns: how the log that :func:`latest_log` found is named to a user"""
+    if log is None:
+        return f"see taskfarmer log {workdir} {taskid}"
+    return str(log) or "no output"
 
 
 _PROBED_MISSES: Final = 2
 
 
-def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:
+def _failed(store: WorkDir, known: dict[int, str]) -> tuple[list[dict[str, object]], int]:
     shown: list[dict[str, object]] = []
     hidden = 0
     with store.failed.open(encoding="utf-8", errors="replace") as lines:
@@ -145,7 +174,7 @@ def _failed(store: WorkDir) -> tuple[list[dict[str, object]], int]:
             taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
             if taskid.isdigit():
                 entry = {"task": int(taskid), "status": status, "command": command}
-                entry["log"] = latest_log(store, int(taskid))
+                entry["log"] = latest_log(store, int(taskid), known)
                 shown.append(entry)
     return shown, hidden
 
@@ -213,11 +242,11 @@ def format_text(report: StatusReport) -> str:
         ),
     ]
     if report.rate_per_s:
-        alive = any(str(f["state"]).startswith("alive") for f in report.farmers)
-        eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s and alive else ""
+        eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s else ""
         lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
-        f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}  log: {f['log'] or 'no output'}"
+        f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}"
+        f"  log: {log_words(f['log'], report.workdir, f['task'])}"
         for f in report.failed
     ]
     if report.failed_not_shown:

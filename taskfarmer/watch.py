@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskfarmer import status
-from taskfarmer.store import slot_counts
+from taskfarmer.store import GAVE_BACK, slot_counts
 from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
@@ -143,14 +143,17 @@ class Watcher:
 
     def _failure(self, line: bytes) -> str:
         taskid, state, command = [*line.decode(errors="replace").split(" ", 2), "", ""][:3]
-        log = (status.latest_log(self.store, int(taskid)) or "no output") if taskid.isdigit() else ""
-        return f"task {taskid} ({state}): {status.cut(command, 50)}  {log}"
+        where = ""
+        if taskid.isdigit():
+            where = status.log_words(status.latest_log(self.store, int(taskid)), self.store.path, taskid)
+        return f"task {taskid} ({state}): {status.cut(command, 50)}  {where}"
 
     def _rate(self) -> float | None:
         for line in self._accounting.read(whole=False):
             fields = line.split(b"\t")
             with contextlib.suppress(IndexError, ValueError):
-                self._ends.append(float(fields[5]))
+                if fields[2].decode() not in GAVE_BACK:  # a stopped or lost attempt ended no task
+                    self._ends.append(float(fields[5]))
         now = time.time()
         while self._ends and now - self._ends[0] > _RATE_WINDOW:
             self._ends.popleft()

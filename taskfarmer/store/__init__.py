@@ -52,6 +52,7 @@ from taskfarmer.store._records import (
     ACCOUNTING_COLUMNS,
     ACCOUNTING_HEADER,
     EMPTY_TIMELINE,
+    GAVE_BACK,
     LOST,
     SKIPPED,
     STOPPED,
@@ -70,6 +71,7 @@ _Result = TypeVar("_Result")
 __all__ = [
     "ACCOUNTING_COLUMNS",
     "ACCOUNTING_HEADER",
+    "GAVE_BACK",
     "MAX_TASK_BYTES",
     "SKIPPED",
     "FarmerRecord",

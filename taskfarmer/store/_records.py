@@ -23,6 +23,7 @@ ACCOUNTING_HEADER: Final = "\t".join(ACCOUNTING_COLUMNS.split()).encode() + b"\n
 SKIPPED: Final = "skipped:outputs"  # its declared outputs existed: finished without running (--skip-existing)
 STOPPED: Final = "stopped"  # an attempt killed by a stop: the task went back to the queue
 LOST: Final = "lost"  # an attempt whose farmer or worker died: the task went back to the queue
+GAVE_BACK: Final = (STOPPED, LOST)  # statuses of attempts that ended no task: it went back to the queue
 
 
 @dataclass(frozen=True)

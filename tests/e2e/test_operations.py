@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -382,6 +383,39 @@ def test_status_of_a_tasklist_cuts_long_commands_visibly_and_gives_no_eta_withou
     text = capsys.readouterr().out
     assert "dead (process gone)" in text
     assert "ETA" not in text  # nobody works on it
+    report = _status_json(workdir, capsys)
+    assert report["rate_per_s"] is not None
+    assert report["eta_s"] is None
+
+
+def test_status_names_the_log_of_a_failed_task_in_stream_mode_and_counts_no_stopped_attempt_in_its_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["echo out; exit 7", "true", "sleep 30", "sleep 30"])
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "2", "--logs", "stream")
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 2, what="the long tasks running")
+        os.killpg(farmer.pid, signal.SIGTERM)
+        farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3
+    rows = [line.split("\t") for line in lines(workdir / "accounting.tsv")[1:]]
+    assert sorted(row[2] for row in rows) == ["exit:7", "ok", "stopped", "stopped"]
+    first_end = min(float(row[5]) for row in rows)
+    before = time.time()
+    report = _status_json(workdir, capsys)
+    after = time.time()
+    failed = report["failed"]
+    assert isinstance(failed, list)
+    location = str(failed[0]["log"])
+    assert location.startswith(f"{workdir}/logs/stream.")
+    assert "@" in location
+    assert main(["log", str(workdir), "0"]) == 0
+    assert capsys.readouterr().out == "out\n"
+    # Two tasks ended, over the time since the first end (at least 1 s); the stopped attempts ended none.
+    rate = report["rate_per_s"]
+    assert isinstance(rate, float)
+    assert 2 / max(after - first_end, 1.0) <= rate <= 2 / max(before - first_end, 1.0)
 
 
 @pytest.mark.timeout(60)
