@@ -8,13 +8,14 @@ draws and writes them. matplotlib (the ``report`` extra) is imported here only, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import os
 from typing import TYPE_CHECKING, Final
 
 from taskfarmer import report_data
-from taskfarmer.errors import MissingDependencyError
+from taskfarmer.errors import MissingDependencyError, TaskFarmerError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,16 +44,47 @@ def write_report(store: WorkDir, output: Path) -> Path:
     """Compute the figures of *store* and write its report to *output*.
 
     :raises MissingDependencyError: when matplotlib is not installed
+    :raises TaskFarmerError: when *output* cannot be written (the page is then not written at all)
     :returns: *output*
     """
+    _check_output(output)  # before the figures: they take seconds on a large farm
     pyplot = _pyplot()
     data = report_data.collect(store)
     plots = [] if not data.accounting.size else [_png(figure, pyplot) for figure in _figures(data, pyplot)]
-    text = render_html(data, plots=plots)
-    partial = output.with_name(f".{output.name}.{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(output)  # a browser reloading it never sees half a page
+    _write(output, render_html(data, plots=plots))
     return output
+
+
+def _check_output(output: Path) -> None:
+    """:raises TaskFarmerError: when *output* is plainly no file the report can be written to"""
+    parent = output.parent
+    # os.path.isdir: False rather than Path.is_dir's PermissionError for a path this user cannot reach
+    if os.path.isdir(output):  # noqa: PTH112
+        problem = "it is a directory (give the file to write in it, such as report.html)"
+    elif not os.path.isdir(parent):  # noqa: PTH112
+        problem = f"{parent} is no existing directory"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"the directory {parent} is not writable"
+    else:
+        return
+    msg = f"cannot write the report to {output}: {problem}"
+    raise TaskFarmerError(msg)
+
+
+def _write(output: Path, text: str) -> None:
+    """Write *text* to *output* whole or not at all: a browser reloading it never sees half a page.
+
+    :raises TaskFarmerError: when the write fails (disk full, permission denied); no partial file is left
+    """
+    partial = output.with_name(f".{output.name}.{os.getpid()}")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # the failure to report is the write's
+            partial.unlink(missing_ok=True)
+        msg = f"cannot write the report to {output}: {exc.strerror or exc}"
+        raise TaskFarmerError(msg) from exc
 
 
 def _pyplot() -> ModuleType:

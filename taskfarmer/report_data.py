@@ -1,8 +1,8 @@
 """The figures of ``taskfarmer report``, computed from ``accounting.tsv`` and the state files (no plotting here).
 
 ``accounting.tsv`` is read once, streaming, into flat arrays (the ``array`` module: 8 bytes per value, no object per
-row), so a million attempts take a few seconds and some tens of megabytes. ``failed`` and ``finished`` are read once
-more, for the commands of the few tasks the report names.
+row), so a million attempts take a few seconds and some tens of megabytes. The state files (``toprocess``, the slot
+files, ``finished``, ``failed``) are read once more, for the commands of the few tasks the report names.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def collect(store: WorkDir) -> ReportData:
     wanted = {task.task for task in failed_tasks}
     with _open_lines(store.accounting) as lines:
         accounting = parse_accounting(lines, logs_of=wanted)
-    commands = read_commands([store.finished, store.failed], {attempt.task for attempt in accounting.slowest})
+    commands = find_commands(store, {attempt.task for attempt in accounting.slowest})
     accounting.slowest = [_with_command(attempt, commands) for attempt in accounting.slowest]
     failed_tasks = [_with_log(task, accounting.logs) for task in failed_tasks]
     return ReportData(
@@ -179,16 +179,40 @@ def read_failed(path: Path) -> tuple[dict[str, int], list[NamedAttempt]]:
     return dict(sorted(by_status.items(), key=lambda item: (-item[1], item[0]))), shown
 
 
+def find_commands(store: WorkDir, tasks: set[int]) -> dict[int, str]:
+    """:returns: the command of each of *tasks*, wherever the task is now: queued, held by a worker, or ended
+
+    A slow attempt may have been stopped or lost (its task back in the queue) or retried (its task running again):
+    its task is then in no ``finished`` or ``failed`` line. The files are read without the lock, in the order a
+    task moves through them, so a task that moves on meanwhile is found in a later file.
+    """
+    commands = read_commands([store.toprocess], tasks)
+    commands |= {task.taskid: task.command for task in store.claimed_tasks() if task.taskid in tasks}
+    return commands | read_commands([store.finished, store.failed], tasks - commands.keys())
+
+
 def read_commands(paths: Iterable[Path], tasks: set[int]) -> dict[int, str]:
-    """:returns: the command of each of *tasks* found in ``finished`` (``ID COMMAND``) or ``failed`` lines"""
+    """:returns: the command of each of *tasks* found in ``toprocess`` (``ID[@ATTEMPT[:LOST]] COMMAND``),
+    ``finished`` (``ID COMMAND``) or ``failed`` (``ID STATUS COMMAND``) lines
+    """
     commands: dict[int, str] = {}
     for path in paths:
-        failed = path.name == "failed"
-        with _open_lines(path) as lines:
-            for line in lines:
-                head, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
-                if head.isdigit() and int(head) in tasks:
-                    commands[int(head)] = rest.partition(" ")[2] if failed else rest
+        field = 2 if path.name == "failed" else 1
+        commands |= _commands_in(path, tasks - commands.keys(), field=field)
+    return commands
+
+
+def _commands_in(path: Path, tasks: set[int], *, field: int) -> dict[int, str]:
+    """:returns: the command of each of *tasks* in the state file *path*, where it is the space-separated *field*"""
+    commands: dict[int, str] = {}
+    if not tasks:
+        return commands  # all found already: spare reading a file as long as the tasklist
+    with _open_lines(path) as lines:
+        for line in lines:
+            fields = line.decode(errors="replace").rstrip("\n").split(" ", field)
+            taskid = fields[0].partition("@")[0]
+            if len(fields) > field and taskid.isdigit() and int(taskid) in tasks:
+                commands[int(taskid)] = fields[field]
     return commands
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -135,22 +137,106 @@ def test_not_a_workdir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "is not a pytaskfarmer work directory" in err
 
 
-def test_without_matplotlib_one_line_and_exit_2(farm: Path, tmp_path: Path) -> None:
-    # A matplotlib that cannot be imported, first on the path: as in an environment without the report extra.
-    (tmp_path / "matplotlib").mkdir()
-    (tmp_path / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
-    output = tmp_path / "out.html"
-    result = subprocess.run(
-        [sys.executable, "-m", "taskfarmer", "report", str(farm), "-o", str(output)],
+def _failing_matplotlib(directory: Path) -> dict[str, str]:
+    """A matplotlib that cannot be imported, first on the path: as in an environment without the report extra.
+
+    :returns: the environment that puts it first
+    """
+    (directory / "matplotlib").mkdir()
+    (directory / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    return {"PYTHONPATH": str(directory), "PATH": "/usr/bin:/bin"}
+
+
+def _report_process(
+    *args: str, env: dict[str, str] | None = None, file_blocks: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``taskfarmer report ARGS`` in a process of its own; *file_blocks*: the ``ulimit -f`` of its files."""
+    argv = [sys.executable, "-m", "taskfarmer", "report", *args]
+    limit = f"ulimit -f {file_blocks}" if file_blocks else ":"
+    return subprocess.run(
+        ["sh", "-c", f'{limit} && exec "$@"', "sh", *argv],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env=env,
         timeout=LONG,
         check=False,
     )
+
+
+def test_without_matplotlib_one_line_and_exit_2(farm: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out.html"
+    result = _report_process(str(farm), "-o", str(output), env=_failing_matplotlib(tmp_path))
     expected = "pytaskfarmer: error: the report needs matplotlib: pip install 'pytaskfarmer[report]'\n"
     assert (result.returncode, result.stderr, result.stdout) == (2, expected, "")
     assert not output.exists()
+
+
+def test_an_output_in_no_directory_is_one_line(farm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "nonexistent" / "dir" / "r.html"
+    assert main(["report", str(farm), "-o", str(output)]) == 2
+    captured = capsys.readouterr()
+    expected = f"cannot write the report to {output}: {output.parent} is no existing directory"
+    assert (captured.err, captured.out) == (f"pytaskfarmer: error: {expected}\n", "")
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_an_output_directory_is_one_line_and_leaves_nothing(
+    farm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    (out / "reports").mkdir(parents=True)
+    assert main(["report", str(farm), "-o", str(out / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"pytaskfarmer: error: cannot write the report to {out / 'reports'}: it is a directory")
+    assert [path.name for path in out.iterdir()] == ["reports"]  # no partial .reports.PID beside it
+    assert list((out / "reports").iterdir()) == []
+
+
+def test_the_output_is_checked_before_any_work(farm: Path, tmp_path: Path) -> None:
+    # Without matplotlib, the report fails as soon as it starts its work: the output must be refused before.
+    output = tmp_path / "nonexistent" / "r.html"
+    result = _report_process(str(farm), "-o", str(output), env=_failing_matplotlib(tmp_path))
+    expected = f"pytaskfarmer: error: cannot write the report to {output}: {output.parent} is no existing directory\n"
+    assert (result.returncode, result.stderr, result.stdout) == (2, expected, "")
+
+
+def test_a_failed_write_is_one_line_and_leaves_no_partial_file(farm: Path, tmp_path: Path) -> None:
+    # A file size limit (ulimit -f, in blocks of 512 or 1024 bytes) far below the page's: a real write that fails.
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _report_process(str(farm), "-o", str(out / "r.html"), file_blocks=16)
+    expected = f"pytaskfarmer: error: cannot write the report to {out / 'r.html'}: File too large\n"
+    assert (result.returncode, result.stderr, result.stdout) == (2, expected, "")
+    assert list(out.iterdir()) == []
+
+
+def _slowest_commands(page: str) -> list[str]:
+    """:returns: the command column of the report's "Slowest attempts" table"""
+    table = page.split("<h2>Slowest attempts</h2>", 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    return [re.sub(r"</?code>", "", cells[5]) for cells in rows if cells]
+
+
+def test_the_slowest_attempts_of_a_queued_or_running_task_name_its_command(tmp_path: Path) -> None:
+    # Its stopped attempt is in accounting.tsv while the task is in no finished or failed line.
+    tasklist = write_tasklist(tmp_path / "tasks.txt", ["sleep 30"])
+    workdir, page = tmp_path / "tasks.txt_workdir", tmp_path / "report.html"
+    store = WorkDir(workdir)
+    farmer = start_farmer(tasklist, "-n", "1", "--quiet")
+    with cleanup(farmer):
+        wait_for(lambda: (workdir / "running").is_dir() and bool(store.running_tasks()), what="the task to start")
+        os.killpg(farmer.pid, signal.SIGTERM)  # a stop: the task goes back to the queue
+        farmer.wait(timeout=LONG)
+    assert ids(workdir / "toprocess") == [0]
+    assert main(["report", str(workdir), "-o", str(page)]) == 0
+    assert _slowest_commands(page.read_text()) == ["sleep 30"]
+    farmer = start_farmer(tasklist, "-n", "1", "--quiet")
+    with cleanup(farmer):
+        wait_for(lambda: bool(store.running_tasks()), what="the task to run again")
+        assert (ids(workdir / "toprocess"), ids(workdir / "finished"), ids(workdir / "failed")) == ([], [], [])
+        assert main(["report", str(workdir), "-o", str(page)]) == 0
+        assert _slowest_commands(page.read_text()) == ["sleep 30"]
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
