@@ -428,7 +428,7 @@ def _failed(args: argparse.Namespace) -> int:
     if left_out:
         sys.stdout.flush()
         sys.stderr.write(
-            f"taskfarmer failed: {plural(left_out, 'failed line')} left out: only a preview of each is recorded"
+            f"pytaskfarmer: {plural(left_out, 'failed line')} left out: only a preview of each is recorded"
             f" (not UTF-8, too long, or a NUL byte); `taskfarmer failed {store.path}` shows them\n"
         )
     return EXIT_OK
@@ -490,6 +490,8 @@ def _check_fs(args: argparse.Namespace) -> int:
 
 
 def _runners(args: argparse.Namespace) -> int:
+    from taskfarmer.runners import CommandRunner  # noqa: PLC0415  # imported for this command only
+
     catalog = config.runner_catalog()
     if args.name:
         definition = catalog.get(args.name)
@@ -498,6 +500,9 @@ def _runners(args: argparse.Namespace) -> int:
         sys.stdout.writelines(f"{key} = {value}\n" for key, value in definition.options.items())
         sys.stdout.writelines(f"(environment) {key}={value}\n" for key, value in variables.items())
         sys.stdout.write(f"\na task running {args.command!r} gets:\n{runner.describe(args.command)}\n")
+        if isinstance(runner, CommandRunner):
+            sys.stdout.flush()
+            runner.check_shell()  # as the farmer would before its first task (engines are checked by a real run)
         return EXIT_OK
     for name, definition in sorted(catalog.definitions.items()):
         sys.stdout.write(f"{name:20} {definition.class_name:40} {definition.source}\n")

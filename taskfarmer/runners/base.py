@@ -137,6 +137,13 @@ class CommandRunner(Runner):
         :raises EngineNotFoundError: when the shell is not found
         """
         del workdir
+        self.check_shell()
+
+    def check_shell(self) -> None:
+        """The part of :meth:`preflight` that a dry run (``taskfarmer runners NAME``) does too: it changes nothing.
+
+        :raises EngineNotFoundError: when the shell runs on this host and is not found
+        """
         if self.command(":")[0] == self.shell and shutil.which(self.shell, path=self.environment().get("PATH")) is None:
             msg = f"Runner [{self.name}]: shell = {self.shell}: no such executable on PATH (option shell)."
             raise EngineNotFoundError(msg)

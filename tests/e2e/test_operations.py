@@ -477,7 +477,7 @@ def test_failed_lists_the_lines_that_cannot_run_and_requeue_says_why_it_leaves_t
     assert main(["failed", str(tasklist), "--commands"]) == 0
     out, err = capsysbinary.readouterr()
     assert out == b"echo two #taskfarmer colour=red\nexit 4\n"
-    assert err.decode().startswith("taskfarmer failed: 1 failed line left out: only a preview of each is recorded")
+    assert err.decode().startswith("pytaskfarmer: 1 failed line left out: only a preview of each is recorded")
     assert main(["requeue", str(tasklist), "--id", "1", "--id", "2", "--id", "3"]) == 0
     said = capsysbinary.readouterr().out.decode()
     assert said.startswith("back in the queue: 1 failed task (task 1 cannot run as written (invalid:not-utf8)")

@@ -97,3 +97,13 @@ def test_dry_run_of_an_unknown_runner_lists_the_known_ones(taskfarmer_home: Path
     result = _taskfarmer("runners", "nope")
     assert result.returncode == 2
     assert "Unknown runner 'nope'. Defined: default." in result.stderr
+
+
+def test_dry_run_refuses_a_shell_the_farmer_would_refuse(taskfarmer_home: Path) -> None:
+    (taskfarmer_home / "runners.d" / "s.ini").write_text("[odd]\nRunner = BasicRunner\nshell = /bin/nosuchshell\n")
+    result = _taskfarmer("runners", "odd")
+    assert result.returncode == 2
+    assert result.stdout.rstrip().endswith("/bin/nosuchshell -c 'echo hello $PROC_NUMBER'")  # what it would run
+    assert result.stderr.splitlines() == [
+        "pytaskfarmer: error: Runner [odd]: shell = /bin/nosuchshell: no such executable on PATH (option shell)."
+    ]
