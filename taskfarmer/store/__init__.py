@@ -46,7 +46,7 @@ from taskfarmer.store._ingest import (
     open_tasklist,
 )
 from taskfarmer.store._journal import Action, ConflictError, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
-from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, host_name, parse_stack_entry
+from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, host_name, parse_stack_entry, stack_entry
 from taskfarmer.store._lock import DescriptorLock, LockTimeoutError
 from taskfarmer.store._records import (
     ACCOUNTING_COLUMNS,
@@ -720,21 +720,27 @@ class WorkDir:
         return self._transaction(change)
 
     def requeue_failed(self, select: Callable[[int, str], bool]) -> list[int]:
-        """Move the failed tasks that *select* (task ID, status) picks back to the queue, to run next.
+        """Move the failed tasks that *select* (task ID, status) picks back to the queue, to run next, each as its
+        next attempt.
 
         :returns: their IDs
         """
+        # Read before the lock (accounting.tsv only grows, and a failed task gets no new attempt): it may be long.
+        attempts = self._last_attempts({taskid for taskid, _ in self._failed_entries(select)})
 
         def change() -> list[int]:
             keep: list[bytes] = []
             back: list[bytes] = []
+            taskids: list[int] = []
             with self.failed.open("rb") as failed:
                 for line in failed:
-                    taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
-                    # An invalid line (not UTF-8, too long) cannot run, and its recorded command is only a preview.
-                    runnable = taskid.isdigit() and not status.startswith(b"invalid:")
-                    chosen = runnable and select(int(taskid), status.decode(errors="replace"))
-                    (back if chosen else keep).append(line if not chosen else b"%s %s\n" % (taskid, command))
+                    chosen = _chosen_failed(line, select)
+                    if chosen is None:
+                        keep.append(line)
+                    else:
+                        taskid, command = chosen
+                        back.append(stack_entry(taskid, command, attempts.get(taskid, 0) + 1))
+                        taskids.append(taskid)
             if not back:
                 return []
             rebuilt = self.path / ".failed.new"
@@ -747,9 +753,25 @@ class WorkDir:
                     Replace(rebuilt.name, self.failed.name),
                 ]
             )
-            return [int(line.split(b" ", 1)[0]) for line in back]
+            return taskids
 
         return self._transaction(change)
+
+    def _failed_entries(self, select: Callable[[int, str], bool]) -> list[tuple[int, str]]:
+        with self.failed.open("rb") as failed:
+            return [chosen for line in failed if (chosen := _chosen_failed(line, select))]
+
+    def _last_attempts(self, tasks: set[int]) -> dict[int, int]:
+        """:returns: the number of the last attempt of each of *tasks* that ``accounting.tsv`` records"""
+        last: dict[int, int] = {}
+        if not tasks:
+            return last
+        with contextlib.suppress(FileNotFoundError), self.accounting.open("rb") as lines:
+            for line in lines:
+                taskid, attempt = [*line.split(b"\t", 2), b""][:2]
+                if taskid.isdigit() and int(taskid) in tasks and attempt.isdigit():
+                    last[int(taskid)] = max(last.get(int(taskid), 0), int(attempt))
+        return last
 
     @staticmethod
     def _farmer_dead(record: FarmerRecord, age: float) -> bool:
@@ -825,6 +847,15 @@ class StaleViewError(WorkDirError):
             " `taskfarmer check-fs DIR` tests one. (A file edited by hand while no farmer ran: remove"
             f" {path.parent / '.journal'}, it is rebuilt.)"
         )
+
+
+def _chosen_failed(line: bytes, select: Callable[[int, str], bool]) -> tuple[int, str] | None:
+    """:returns: the task ID and command of a ``failed`` line that *select* picks, ``None`` for one it leaves"""
+    taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
+    # An invalid line (not UTF-8, too long) cannot run, and its recorded command is only a preview.
+    if not taskid.isdigit() or status.startswith(b"invalid:") or not select(int(taskid), status.decode()):
+        return None
+    return int(taskid), command.decode()
 
 
 def _remove_empty(directories: list[Path]) -> None:

@@ -143,9 +143,27 @@ def test_requeue_failed_tasks_by_status_and_id(tmp_path: Path, capsys: pytest.Ca
     assert sorted(failed_order) == [1, 2]
     assert main(["requeue", "--status", "exit:*", str(workdir)]) == 0
     assert ids(workdir / "toprocess") == [0, *reversed(failed_order)]  # the first of them on top: it runs first
+    assert lines(workdir / "toprocess")[0].startswith("0@2 ")  # the next attempt of each
     assert run_farmer(tasklist).returncode == 0
     assert sorted(ids(workdir / "finished")) == [0, 1, 2, 3]
     assert main(["requeue", str(tmp_path)]) == 2  # not a work directory: one clear line
+
+
+@pytest.mark.parametrize("mode", ["files", "stream"])
+def test_a_requeued_task_runs_as_its_next_attempt(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "attempts"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"echo $TASKFARMER_ATTEMPT >> {record}; exit 5"])
+    workdir = tmp_path / "t.txt_workdir"
+    assert run_farmer(tasklist, "-n", "1", "--retries", "1", "--logs", mode).returncode == 1
+    assert main(["requeue", str(workdir)]) == 0
+    assert run_farmer(tasklist, "-n", "1", "--logs", mode).returncode == 1
+    assert lines(record) == ["1", "2", "3"]  # the task printed nothing: no log file told the attempts apart
+    rows = [line.split("\t") for line in lines(workdir / "accounting.tsv")[1:]]
+    assert [row[1] for row in rows] == ["1", "2", "3"]
+    capsys.readouterr()
+    assert main(["log", "--attempt", "3", str(workdir), "0"]) == 0
 
 
 def test_requeue_the_tasks_of_a_farmer_known_lost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
