@@ -86,17 +86,16 @@ class TaskLogs:
                 return TaskLog(attempt, handle, path, fd=fd)
             attempt += 1
 
-    def close(self, log: TaskLog, *, ended: bool = True) -> str:
-        """Close the log of an attempt.
+    def close(self, log: TaskLog) -> str:
+        """Close the log of an attempt (ended, or cut short by a stop).
 
-        :param ended: the attempt ended by itself (one cut short by a stop keeps its file, even empty)
         :returns: where its output is, as the accounting records it (:meth:`TaskLog.location`), or ``""`` when it
-            printed nothing: then its empty file becomes the next attempt's
+            printed nothing: then its empty file becomes the next attempt's, or is removed by :meth:`finish`
         """
         log.handle.close()
         if log.fd < 0:
             return log.location()
-        if ended and self._spare is None and os.fstat(log.fd).st_size == 0:
+        if self._spare is None and os.fstat(log.fd).st_size == 0:
             self._spare = (log.path, log.fd)
             return ""
         os.close(log.fd)

@@ -352,7 +352,8 @@ class Worker:
         # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
         process.kill_all_descendants(grace=self.spec.grace)
         if verdict.killed_for == STOP or self._stopped_meanwhile(returncode):
-            self.logs.close(log, ended=False)
+            if not self.logs.close(log):  # printed nothing: its file goes once the task is given back
+                self._slot_log.forget_log(self._index)
             return None
         location = self.logs.close(log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

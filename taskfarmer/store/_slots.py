@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer.store import _files
@@ -236,9 +236,18 @@ class SlotLog:
 
     def start(self, index: int, *, attempt: int, log: str) -> None:
         """Record that task *index* of the batch starts its attempt *attempt*."""
-        started = Started(index, attempt, time.time(), log)
-        self.started[index] = started
-        raw = {"start": index, "attempt": attempt, "at": started.at, "log": log}
+        self._record_start(Started(index, attempt, time.time(), log))
+
+    def forget_log(self, index: int) -> None:
+        """Record that the current attempt of task *index* has no log: it printed nothing, and was stopped.
+
+        Its start line is written again without the log, so that the record of its interruption names none.
+        """
+        self._record_start(replace(self.started[index], log=""))
+
+    def _record_start(self, started: Started) -> None:
+        self.started[started.index] = started
+        raw = {"start": started.index, "attempt": started.attempt, "at": started.at, "log": started.log}
         self._append(json.dumps(raw).encode() + b"\n")
 
     def end(self, ended: Ended) -> None:

@@ -256,6 +256,24 @@ def test_a_running_task_has_its_log_file_and_a_silent_one_leaves_none(
 
 
 @pytest.mark.timeout(60)
+def test_a_stop_leaves_no_empty_log_file_and_keeps_the_output_of_a_task_that_printed(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    tasks = [f"touch {ready}.0; sleep 30", f"echo half; touch {ready}.1; sleep 30"]
+    tasklist = write_tasklist(tmp_path / "t.txt", tasks)
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "2")
+    with cleanup(farmer):
+        wait_for(lambda: ready.with_suffix(".0").exists() and ready.with_suffix(".1").exists(), what="both started")
+        os.killpg(farmer.pid, signal.SIGTERM)
+        farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3
+    assert sorted(p.name for p in (workdir / "logs").iterdir()) == ["log_1"]
+    assert (workdir / "logs" / "log_1").read_text() == "half\n"
+    rows = [line.split("\t") for line in lines(workdir / "accounting.tsv")[1:]]
+    assert sorted((row[0], row[2], row[-1]) for row in rows) == [("0", "stopped", ""), ("1", "stopped", "logs/log_1")]
+
+
+@pytest.mark.timeout(60)
 def test_the_log_of_a_silent_task_that_ended_moments_ago_is_found(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -66,10 +66,11 @@ def test_the_last_silent_attempt_leaves_no_file_when_the_worker_stops(directory:
     assert _names(directory) == []
 
 
-def test_an_attempt_cut_short_keeps_its_file_even_empty(directory: Path) -> None:
+def test_an_attempt_cut_short_keeps_its_file_when_it_printed(directory: Path) -> None:
     task_logs = _logs(directory)
     stopped = task_logs.open(1, 1)
-    assert task_logs.close(stopped, ended=False) == "logs/log_1"
+    stopped.handle.write("half done\n")
+    assert task_logs.close(stopped) == "logs/log_1"
     task_logs.finish()
     assert _names(directory) == ["log_1"]
 
