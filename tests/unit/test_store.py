@@ -258,6 +258,24 @@ def test_a_batch_given_back_while_it_ran_is_only_accounted_when_it_ends(tmp_path
     assert farmer.name != remote.farmer
 
 
+@pytest.mark.parametrize("dies", [False, True])
+def test_a_stopped_attempt_whose_log_was_forgotten_is_accounted_without_one(tmp_path: Path, dies: bool) -> None:
+    # The worker writes the start again without the log, then gives the task back, then removes the empty file:
+    # dead after the first step, its recovery names no file either.
+    store, farmer, slot = _store(tmp_path, count=1)
+    log, _ = _claim(store, slot)
+    log.start(0, attempt=1, log="logs/log_0")
+    log.forget_log(0)
+    if dies:
+        log.close()
+        store.forget_farmer(farmer.name)
+    else:
+        store.exchange(log, slot, want=0)
+    rows = [line.split("\t") for line in store.accounting.read_text().splitlines()[1:]]
+    assert [(row[2], row[-1]) for row in rows] == [("lost" if dies else "stopped", "")]
+    assert _ids(store.toprocess) == ["0@2:1" if dies else "0@2"]
+
+
 def test_another_local_farmer_leaves_a_live_farmers_dead_worker_to_it(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     dead_worker = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
