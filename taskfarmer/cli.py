@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import sys
@@ -49,7 +50,38 @@ class _Parser(argparse.ArgumentParser):
     """Argument errors as one line, like every other bad input."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith(_UNRECOGNIZED):
+            message = self._unknown_option(message) or message
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def _unknown_option(self, message: str) -> str:
+        """:returns: the first unknown option of an "unrecognized arguments" *message*, with the known option it
+        resembles (``--proces 2 t.txt`` takes 2 for the tasklist: "unrecognized arguments: --proces t.txt" misleads)
+        """
+        words = message.removeprefix(_UNRECOGNIZED).split()
+        unknown = next((word.partition("=")[0] for word in words if word.startswith("-")), "")
+        if not unknown:
+            return ""
+        close = difflib.get_close_matches(unknown, sorted(self._option_names()), n=1, cutoff=0.6)
+        return f"unknown option {unknown}" + (f" (did you mean {close[0]}?)" if close else "")
+
+    def parse_known_args(  # type: ignore[override]  # the same, remembering the subcommand for error()
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        self._verb = getattr(parsed, "verb", None)
+        return parsed, extras
+
+    def _option_names(self) -> set[str]:
+        names = set(self._option_string_actions)
+        verb = getattr(self, "_verb", None)
+        for action in self._actions:  # a subcommand's leftovers are reported by its parent: its options count
+            if isinstance(action, argparse._SubParsersAction) and verb in action.choices:  # noqa: SLF001
+                names |= set(action.choices[verb]._option_string_actions)  # noqa: SLF001
+        return {name for name in names if name.startswith("--")}
+
+
+_UNRECOGNIZED: Final = "unrecognized arguments: "
 
 
 def _positive_int(text: str) -> int:
@@ -63,13 +95,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_seconds(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
     if not value > 0:
         msg = f"must be more than 0 seconds, not {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _grace_seconds(text: str) -> float:
+    value = _seconds(text)
+    if not 0 <= value < float("inf"):  # nan fails too
+        msg = f"must be 0 seconds or more (and finite), not {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -138,7 +182,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without heartbeat after which a farmer on another host is presumed dead (default: 600)",
     )
     parser.add_argument(
-        "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when stopping a task (default: 5)"
+        "--grace",
+        type=_grace_seconds,
+        default=5.0,
+        help="seconds between SIGTERM and SIGKILL when stopping a task (default: 5)",
     )
     parser.add_argument(
         "--logs",
@@ -246,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``taskfarmer run|status|runners``."""
     parser = _Parser(prog="taskfarmer", description="Crash-safe task farmer for HPC and batch clusters.")
     _add_version(parser)
-    commands = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser, metavar="COMMAND")
     run = commands.add_parser(
         "run",
         help="run a tasklist (same as pytaskfarmer.py)",
@@ -258,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     status.add_argument("--json", action="store_true", help="as JSON, for scripts")
     status.add_argument("--watch", action="store_true", help="a live view, refreshed until q or Ctrl-C")
-    status.add_argument("--interval", type=float, default=2.0, help="seconds between two refreshes (default: 2)")
+    status.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, help="seconds between two refreshes (default: 2)"
+    )
     status.add_argument("--count", type=_positive_int, help="refresh this many times, then exit")
     runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
     runners.add_argument("name", nargs="?", help="show this runner: its definition and what a task would run")

@@ -137,6 +137,9 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], tuple[str, ...]]] = {
     "lock directory that is a file": (_with_file("f", "", "--lockdir", "{tmp}/f"), ("Cannot lock", "--lockdir")),
     "proc 0": (_just("--proc", "0"), ("--proc", "at least 1")),
     "non-numeric timeout": (_just("--timeout", "soon"), ("--timeout", "'soon'")),
+    "misspelt option before its value": (_just("--proces", "2"), ("unknown option --proces (did you mean --proc?)",)),
+    "negative grace": (_just("--grace", "-5"), ("--grace", "must be 0 seconds or more", "not -5")),
+    "non-numeric grace": (_just("--grace", "abc"), ("--grace", "'abc' is not a number of seconds")),
 }
 
 

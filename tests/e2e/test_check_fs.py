@@ -107,7 +107,7 @@ def test_a_mount_option_known_to_break_locks_fails_with_what_to_change(tmp_path:
         (lambda tmp: [tmp / "file"], "is not a directory"),
         (lambda tmp: [tmp / "dir", "--peer", tmp / "missing"], "--peer"),
         (lambda tmp: [tmp / "dir", "--peer", tmp / "other"], "does not show the same directory"),
-        (lambda tmp: [tmp / "dir", "--rounds", "3"], "unrecognized arguments"),
+        (lambda tmp: [tmp / "dir", "--rounds", "3"], "unknown option --rounds"),
         (lambda tmp: [tmp / "dir", "--peer", tmp / "dir", "--peer-serve"], "not allowed with argument"),
         (lambda tmp: [tmp / "missing", "--peer-serve"], "is not a directory"),
         (lambda tmp: [tmp / "missing", "--peer-wait"], "is not a directory"),
