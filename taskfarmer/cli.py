@@ -44,6 +44,7 @@ EXIT_BROKEN: Final = 4
 EXIT_INTERRUPTED: Final = 130
 EXIT_BROKEN_PIPE: Final = 141  # what a shell reports for a command killed by SIGPIPE
 MIN_WATCH_INTERVAL: Final = 0.5  # seconds: status --watch refreshes no more often
+_DEFAULT_INTERVAL: Final = 2.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -306,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="as JSON, for scripts")
     status.add_argument("--watch", action="store_true", help="a live view, refreshed until q or Ctrl-C")
     status.add_argument(
-        "--interval", type=_positive_seconds, default=2.0, help="seconds between two refreshes (default: 2)"
+        "--interval",
+        type=_positive_seconds,
+        default=_DEFAULT_INTERVAL,
+        help="seconds between two refreshes (default: 2)",
     )
     status.add_argument("--count", type=_positive_int, help="refresh this many times, then exit")
     runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
@@ -315,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     requeue = commands.add_parser("requeue", help="put failed tasks (or tasks of dead farmers) back in the queue")
     requeue.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
     requeue.add_argument("--status", action="append", default=[], help="only failed tasks with this status (exit:*)")
-    requeue.add_argument("--id", dest="ids", type=int, action="append", default=[], help="only this task (repeatable)")
+    requeue.add_argument(
+        "--id", dest="ids", type=_count, action="append", default=[], help="only this task (repeatable)"
+    )
     requeue.add_argument("--dead", action="store_true", help="the tasks of farmers known to be dead")
     requeue.add_argument("--farmer", action="append", default=[], help="the tasks of this farmer, alive or not")
     requeue.add_argument("--lockdir", type=Path, help="the farmers' --lockdir (default: the one they recorded)")
@@ -329,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     drain.add_argument("--cancel", action="store_true", help="stop draining: farmers claim tasks again")
     log = commands.add_parser("log", help="print the log of a task")
     log.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
-    log.add_argument("task", type=int, help="the task ID (its line number, from 0)")
-    log.add_argument("--attempt", type=int, help="which attempt (default: the last)")
+    log.add_argument("task", type=_count, help="the task ID (its line number, from 0)")
+    log.add_argument("--attempt", type=_positive_int, help="which attempt, from 1 (default: the last)")
     check_fs = commands.add_parser("check-fs", help="test locking and consistency of a shared filesystem")
     check_fs.add_argument("directory", type=Path, help="a directory on the filesystem to check")
     peer = check_fs.add_mutually_exclusive_group()
@@ -434,6 +440,9 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
 def _status(args: argparse.Namespace) -> int:
     from taskfarmer.status import print_status  # noqa: PLC0415  # imported for this command only
 
+    if not args.watch and (args.count is not None or args.interval != _DEFAULT_INTERVAL):
+        msg = "--count and --interval go with --watch (status alone prints once)"
+        raise TaskFarmerError(msg)
     if args.watch:
         _check_watch(args)
         from taskfarmer.watch import watch  # noqa: PLC0415  # imported for this command only

@@ -63,7 +63,7 @@ class StopReason(enum.Enum):
     TIMEOUT = "timeout"
     IMMEDIATE = "Ctrl-C while stopping"
     WORKERS_FAILING = "workers keep dying"
-    FAIL_FAST = "too many failed tasks (--max-failures)"
+    FAIL_FAST = "too many failed tasks, --max-failures"
     STORE = "the work directory cannot be trusted from this node"
 
 

@@ -129,6 +129,7 @@ def cancel(store: WorkDir, campaign: Campaign, *, now: bool) -> str:
 
     :returns: what was done, as one line
     """
+    campaign.load()  # no campaign here: one clear line, before its lock file is made
     with campaign.update() as state:
         state.cancelled = True
     drained = maintenance.drain(store, cancel=False)

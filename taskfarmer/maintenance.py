@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING, Final
 
+from taskfarmer.errors import TaskFarmerError
 from taskfarmer.words import plural
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
 
     :returns: what was done, as one line
     """
+    _check_farmers_known(store, farmers)
     parts = []
     total = 0
     if dead:
@@ -51,6 +53,17 @@ def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, 
         parts.append(f"{plural(len(back), 'failed task')}{_not_failed(store, set(ids) - set(back))}")
     then = " Run the farmer again to run them." if total else ""
     return "back in the queue: " + ", ".join(parts) + "." + then
+
+
+def _check_farmers_known(store: WorkDir, names: list[str]) -> None:
+    """:raises TaskFarmerError: for a farmer name that neither a farmer file nor a slot file bears (a typo)"""
+    if not names:
+        return
+    known = set(store.read_farmers()) | {view.farmer for view in store.slot_views()}
+    if unknown := [name for name in names if name not in known]:
+        listed = ", ".join(sorted(known)) or "none"
+        msg = f"No farmer {unknown[0]} in {store.path} (its farmers: {listed}; `taskfarmer status` lists them)."
+        raise TaskFarmerError(msg)
 
 
 def _not_failed(store: WorkDir, ids: set[int]) -> str:
@@ -86,7 +99,10 @@ def drain(store: WorkDir, *, cancel: bool) -> str:
     :returns: what was done, as one line
     """
     if cancel:
-        store.drain_file.unlink(missing_ok=True)
+        try:
+            store.drain_file.unlink()
+        except FileNotFoundError:
+            return f"no drain to cancel: {store.drain_file} does not exist"
         return f"removed {store.drain_file}: farmers started from now on claim tasks again"
     store.drain_file.write_text("Farmers finish their running tasks and claim no more while this file exists.\n")
     return f"created {store.drain_file}: running farmers finish their tasks and exit; remove it with --cancel"

@@ -115,6 +115,10 @@ def prepare_workdir(args: argparse.Namespace, *, preflight: bool) -> Prepared:
     return Prepared(store, runner, runner_object, handler)
 
 
+def _unfit_words(count: int) -> str:
+    return "the next task needs" if count == 1 else f"the next {count} tasks need"
+
+
 def _gpus(requested: list[str] | None) -> tuple[str, ...]:
     if requested != ["auto"]:
         return tuple(requested or ())
@@ -157,8 +161,8 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
         return _stopped(store, result, result.stopped)
     if result.unfit:
         sys.stderr.write(
-            f"pytaskfarmer: the next {plural(result.unfit, 'task')} need more cores, GPUs or time than this farmer has"
-            " (--proc, --gpus, the allocation's end): they are left for a farmer that has them.\n"
+            f"pytaskfarmer: {_unfit_words(result.unfit)} more cores, GPUs or time than this farmer has"
+            " (--proc, --gpus, the allocation's end): left for a farmer that has them.\n"
         )
         return EXIT_STOPPED
     if counts.failed:

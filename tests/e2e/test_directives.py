@@ -72,7 +72,7 @@ def test_gpu_tasks_get_their_own_gpus_and_a_task_too_big_is_left_for_others(tmp_
     tasklist = write_tasklist(tmp_path / "t.txt", tasks)
     result = run_farmer(tasklist, "-n", "4", "--gpus", "g0,g1,g2,g3", "-q")
     assert result.returncode == 3, result.stderr
-    assert "need more cores, GPUs or time" in result.stderr
+    assert "the next task needs more cores, GPUs or time than this farmer has" in result.stderr
     workdir = tmp_path / "t.txt_workdir"
     assert ids(workdir / "toprocess") == [6]  # left for a farmer with 8 GPUs
     records = _records(out)

@@ -519,3 +519,38 @@ def test_failed_lists_the_lines_that_cannot_run_and_requeue_says_why_it_leaves_t
     assert said.startswith("back in the queue: 1 failed task (task 1 cannot run as written (invalid:not-utf8)")
     assert "task 2 cannot run as written (invalid:directive): mend its line in a new list)" in said
     assert ids(tmp_path / "t.txt_workdir" / "toprocess") == [3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["requeue", "--farmer", "nosuch"], "No farmer nosuch in "),
+        (["cancel"], "has no campaign"),
+        (["status", "--count", "2"], "--count and --interval go with --watch"),
+        (["log", "--attempt", "0"], "--attempt: must be at least 1, not 0"),
+    ],
+    ids=["unknown farmer", "no campaign", "count without watch", "attempt 0"],
+)
+def test_operations_refuse_bad_input_with_one_line_and_change_nothing(
+    tmp_path: Path, argv: list[str], needle: str
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true", "exit 1"])
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 1
+    workdir = tmp_path / "t.txt_workdir"
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+    words = [*argv, str(workdir)] + (["1"] if argv[0] == "log" else [])
+    result = subprocess.run([sys.executable, "-m", "taskfarmer", *words], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert needle in result.stderr
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
+
+
+def test_cancelling_no_drain_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
+    assert run_farmer(tasklist, "-n", "1", "-q").returncode == 0
+    assert main(["drain", "--cancel", str(tasklist)]) == 0
+    assert capsys.readouterr().out.startswith("no drain to cancel: ")
+    assert main(["drain", str(tasklist)]) == 0
+    assert main(["drain", "--cancel", str(tasklist)]) == 0
+    assert "removed " in capsys.readouterr().out
