@@ -282,6 +282,8 @@ def campaign_lines(campaign: dict[str, object], rows: list[dict[str, object]]) -
         asked = "none queued or running"
     states = collections.Counter(str(row["state"]) for row in rows)
     state = "cancelled" if campaign["cancelled"] else f"stopped ({campaign['stopped']})" if campaign["stopped"] else ""
+    if not rows:  # `submit --dry-run` wrote the job files, or the submission failed
+        return [f"  campaign {campaign['scheduler']}, no job submitted" + (f", {state}" if state else "")]
     lines = [
         f"  campaign {campaign['scheduler']}, {plural(len(rows), 'job')}"
         f" ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}),"

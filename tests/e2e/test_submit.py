@@ -94,6 +94,8 @@ def test_dry_run_writes_the_job_script_with_every_option(tmp_path: Path) -> None
         assert line in script.splitlines(), line
     settings = Campaign(tmp_path / "t.txt_workdir").load().settings
     assert (settings.jobs, settings.cpus, settings.wall_seconds, settings.margin_seconds) == (3, 4, 7200.0, 35.0)
+    status = _taskfarmer(tmp_path, "status", "t.txt", path=str(VENV_BIN))
+    assert status.stdout.splitlines()[-1] == "  campaign slurm, no job submitted"
 
 
 def test_a_job_run_by_hand_from_its_script_runs_the_list_and_records_itself(tmp_path: Path) -> None:
