@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -213,8 +213,17 @@ def _checks(scratch: Path, other: Side | None, *, checked: Path, rounds: int) ->
     elif other is None:
         yield Check("visibility", None, "not checked: give --peer DIR2 (another mount) or use --peer-serve/--peer-wait")
     else:
-        yield _check_visibility(LocalSide(scratch), other, rounds=rounds, fstype=mount.fstype)
+        visibility = _check_visibility(LocalSide(scratch), other, rounds=rounds, fstype=mount.fstype)
+        yield _note_one_mount(visibility, scratch, other)
     yield _check_latency(scratch)
+
+
+def _note_one_mount(visibility: Check, scratch: Path, other: Side) -> Check:
+    """:returns: *visibility*, saying so when both sides are one mount (one client cache: it proves nothing)"""
+    if not isinstance(other, LocalSide) or other.directory.stat().st_dev != scratch.stat().st_dev:
+        return visibility
+    detail = f"{visibility.detail}; but DIR and --peer are one mount (one client): give another mount point of it"
+    return replace(visibility, detail=detail)
 
 
 def _make_scratch(directory: Path) -> Path:

@@ -57,6 +57,7 @@ def test_a_local_directory_passes_every_check(place: Path) -> None:
     for name in CHECKS[1:]:
         assert lines[name].startswith("ok: "), lines[name]
     assert "36 rounds of rewrite, append and truncate" in lines["visibility"]
+    assert lines["visibility"].endswith("but DIR and --peer are one mount (one client): give another mount point of it")
     assert "open+close median " in lines["latency"]
     assert " ms, p90 " in lines["latency"]
     assert list(place.iterdir()) == [], "check-fs must leave nothing behind"

@@ -339,6 +339,7 @@ def test_check_fs_passes_on_the_safe_volume(safe: Shared) -> None:
     for name in ("mount options", "lock", "visibility", "latency"):
         assert lines_by_check[name].startswith("ok: "), lines_by_check
     assert f"(through {safe.b})" in lines_by_check["lock"], "the lock must exclude across the two mounts"
+    assert "one mount" not in lines_by_check["visibility"]  # two FUSE mounts: two clients
 
 
 @pytest.mark.timeout(60)
