@@ -20,6 +20,7 @@ import contextlib
 import difflib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -60,9 +61,10 @@ class _Parser(argparse.ArgumentParser):
         resembles (``--proces 2 t.txt`` takes 2 for the tasklist: "unrecognized arguments: --proces t.txt" misleads)
         """
         words = message.removeprefix(_UNRECOGNIZED).split()
-        unknown = next((word.partition("=")[0] for word in words if word.startswith("-")), "")
+        words = words[: words.index("--")] if "--" in words else words  # after --, words are no options
+        unknown = next((word.partition("=")[0] for word in words if _OPTION_LIKE.match(word)), "")
         if not unknown:
-            return ""
+            return ""  # a stray word, or a negative number: argparse's own message says it
         close = difflib.get_close_matches(unknown, sorted(self._option_names()), n=1, cutoff=0.6)
         return f"unknown option {unknown}" + (f" (did you mean {close[0]}?)" if close else "")
 
@@ -83,6 +85,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 _UNRECOGNIZED: Final = "unrecognized arguments: "
+_OPTION_LIKE: Final = re.compile(r"--?[A-Za-z]")
 
 
 def _positive_int(text: str) -> int:
@@ -105,8 +108,8 @@ def _seconds(text: str) -> float:
 
 def _positive_seconds(text: str) -> float:
     value = _seconds(text)
-    if not value > 0:
-        msg = f"must be more than 0 seconds, not {text}"
+    if not 0 < value < float("inf"):  # nan fails too
+        msg = f"must be more than 0 seconds (and finite), not {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
 
@@ -309,8 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument(
         "--interval",
         type=_positive_seconds,
-        default=_DEFAULT_INTERVAL,
-        help="seconds between two refreshes (default: 2)",
+        help=f"seconds between two refreshes (default: {_DEFAULT_INTERVAL:g})",
     )
     status.add_argument("--count", type=_positive_int, help="refresh this many times, then exit")
     runners = commands.add_parser("runners", help="list the runners defined and where; show one with a dry run")
@@ -440,14 +442,15 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
 def _status(args: argparse.Namespace) -> int:
     from taskfarmer.status import print_status  # noqa: PLC0415  # imported for this command only
 
-    if not args.watch and (args.count is not None or args.interval != _DEFAULT_INTERVAL):
+    if not args.watch and (args.count is not None or args.interval is not None):
         msg = "--count and --interval go with --watch (status alone prints once)"
         raise TaskFarmerError(msg)
     if args.watch:
         _check_watch(args)
         from taskfarmer.watch import watch  # noqa: PLC0415  # imported for this command only
 
-        watch(_existing_workdir(args), interval=args.interval, count=args.count, out=sys.stdout)
+        interval = _DEFAULT_INTERVAL if args.interval is None else args.interval
+        watch(_existing_workdir(args), interval=interval, count=args.count, out=sys.stdout)
         return EXIT_OK
     print_status(_existing_workdir(args), sys.stdout, as_json=args.json)
     return EXIT_OK
@@ -457,7 +460,7 @@ def _check_watch(args: argparse.Namespace) -> None:
     if args.json:
         msg = "--watch draws a live view: it cannot be --json too (run status --json as often as you need)"
         raise TaskFarmerError(msg)
-    if args.interval < MIN_WATCH_INTERVAL:
+    if args.interval is not None and args.interval < MIN_WATCH_INTERVAL:
         msg = f"--interval {args.interval:g}: at least {MIN_WATCH_INTERVAL:g} s, to spare the shared filesystem"
         raise TaskFarmerError(msg)
 

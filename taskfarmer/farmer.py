@@ -141,6 +141,7 @@ class Farmer:
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
         self._interrupted = False  # the stop came from a Ctrl-C
+        self._kill_now = False  # a Ctrl-C came while stopping: no more grace
         self._previous_handlers: dict[int, Any] = {}
         self.result = FarmerResult()
 
@@ -162,8 +163,10 @@ class Farmer:
         if self.result.stopped is None:
             self.result.stopped = StopReason.SIGNAL
             self._interrupted = signum == signal.SIGINT
-        elif signum == signal.SIGINT:  # already stopping (a signal, --timeout...): the user wants it over now
-            self.result.stopped = StopReason.IMMEDIATE
+        elif signum == signal.SIGINT:  # already stopping: the user wants it over now
+            self._kill_now = True
+            if self.result.stopped in (StopReason.SIGNAL, StopReason.TIMEOUT):  # a stop of more weight keeps its say
+                self.result.stopped = StopReason.IMMEDIATE
 
     # -- the main loop ----------------------------------------------------------------------------------------------
 
@@ -380,12 +383,12 @@ class Farmer:
             again = "again" if self._interrupted else ""
             self._listener(("stopping", self._running_here(), -1, str(self.options.grace), again))
         deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
-        while self._workers and time.monotonic() < deadline and self.result.stopped is not StopReason.IMMEDIATE:
+        while self._workers and time.monotonic() < deadline and not self._kill_now:
             self._drain_events(_TICK)
             self._listener(("tick",))  # the view stays alive while tasks end
             self._workers = {slot: w for slot, w in self._workers.items() if w.is_alive()}
         # A second Ctrl-C may have come while waiting: then no more grace for anything.
-        grace = 0.0 if self.result.stopped is StopReason.IMMEDIATE else self.options.grace
+        grace = 0.0 if self._kill_now else self.options.grace
         for worker in self._workers.values():
             with contextlib.suppress(ProcessLookupError):
                 worker.kill()

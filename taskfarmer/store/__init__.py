@@ -725,24 +725,24 @@ class WorkDir:
 
         :returns: their IDs
         """
-        # Read before the lock (accounting.tsv only grows, and a failed task gets no new attempt): it may be long.
-        attempts = self._last_attempts({taskid for taskid, _ in self._failed_entries(select)})
+        # Read before the lock, as it may be long (accounting.tsv only grows); under it, only what was added since.
+        attempts: dict[int, int] = {}
+        read = self._last_attempts({taskid for taskid, _ in self._failed_entries(select)}, attempts)
 
         def change() -> list[int]:
+            chosen: list[tuple[int, str]] = []
             keep: list[bytes] = []
-            back: list[bytes] = []
-            taskids: list[int] = []
             with self.failed.open("rb") as failed:
                 for line in failed:
-                    chosen = _chosen_failed(line, select)
-                    if chosen is None:
+                    entry = _chosen_failed(line, select)
+                    if entry is None:
                         keep.append(line)
                     else:
-                        taskid, command = chosen
-                        back.append(stack_entry(taskid, command, attempts.get(taskid, 0) + 1))
-                        taskids.append(taskid)
-            if not back:
+                        chosen.append(entry)
+            if not chosen:
                 return []
+            self._last_attempts({taskid for taskid, _ in chosen}, attempts, start=read)  # failed meanwhile
+            back = [stack_entry(taskid, command, attempts.get(taskid, 0) + 1) for taskid, command in chosen]
             rebuilt = self.path / ".failed.new"
             rebuilt.write_bytes(b"".join(keep))
             # Reversed: the stack's top is its end, so the first of them runs first.
@@ -753,7 +753,7 @@ class WorkDir:
                     Replace(rebuilt.name, self.failed.name),
                 ]
             )
-            return taskids
+            return [taskid for taskid, _ in chosen]
 
         return self._transaction(change)
 
@@ -761,17 +761,22 @@ class WorkDir:
         with self.failed.open("rb") as failed:
             return [chosen for line in failed if (chosen := _chosen_failed(line, select))]
 
-    def _last_attempts(self, tasks: set[int]) -> dict[int, int]:
-        """:returns: the number of the last attempt of each of *tasks* that ``accounting.tsv`` records"""
-        last: dict[int, int] = {}
-        if not tasks:
-            return last
+    def _last_attempts(self, tasks: set[int], last: dict[int, int], *, start: int = 0) -> int:
+        """Update *last* with the number of the last attempt of each of *tasks* that ``accounting.tsv`` records
+        from byte *start* on.
+
+        :returns: the offset up to which it was read (whole lines)
+        """
         with contextlib.suppress(FileNotFoundError), self.accounting.open("rb") as lines:
+            lines.seek(start)
             for line in lines:
+                if not line.endswith(b"\n"):
+                    break  # half written: read again under the lock
+                start += len(line)
                 taskid, attempt = [*line.split(b"\t", 2), b""][:2]
                 if taskid.isdigit() and int(taskid) in tasks and attempt.isdigit():
                     last[int(taskid)] = max(last.get(int(taskid), 0), int(attempt))
-        return last
+        return start
 
     @staticmethod
     def _farmer_dead(record: FarmerRecord, age: float) -> bool:
@@ -853,9 +858,13 @@ def _chosen_failed(line: bytes, select: Callable[[int, str], bool]) -> tuple[int
     """:returns: the task ID and command of a ``failed`` line that *select* picks, ``None`` for one it leaves"""
     taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
     # An invalid line (not UTF-8, too long) cannot run, and its recorded command is only a preview.
-    if not taskid.isdigit() or status.startswith(b"invalid:") or not select(int(taskid), status.decode()):
+    if (
+        not taskid.isdigit()
+        or status.startswith(b"invalid:")
+        or not select(int(taskid), status.decode(errors="replace"))
+    ):
         return None
-    return int(taskid), command.decode()
+    return int(taskid), command.decode(errors="surrogateescape")  # bytes as they were, whatever their encoding
 
 
 def _remove_empty(directories: list[Path]) -> None:

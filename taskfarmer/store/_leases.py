@@ -169,11 +169,12 @@ def stack_entry(taskid: int, command: str, attempt: int, lost: int = 0) -> bytes
     """:returns: a ``toprocess`` line: ``ID COMMAND``; ``ID@ATTEMPT COMMAND`` for a task that runs again;
     ``ID@ATTEMPT:LOST COMMAND`` when *lost* farmers (or workers) died while running it
     """
+    line = command.encode(errors="surrogateescape")  # a command read with surrogateescape keeps its bytes
     if lost:
-        return b"%d@%d:%d %s\n" % (taskid, attempt, lost, command.encode())
+        return b"%d@%d:%d %s\n" % (taskid, attempt, lost, line)
     if attempt <= 1:
-        return b"%d %s\n" % (taskid, command.encode())
-    return b"%d@%d %s\n" % (taskid, attempt, command.encode())
+        return b"%d %s\n" % (taskid, line)
+    return b"%d@%d %s\n" % (taskid, attempt, line)
 
 
 def parse_stack_entry(line: bytes) -> tuple[int, int, int, str]:

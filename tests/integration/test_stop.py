@@ -134,18 +134,21 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1]
 
 
-def test_a_ctrl_c_during_a_timeout_stop_stops_at_once(tmp_path: Path) -> None:
+def test_a_ctrl_c_during_a_stop_by_sigterm_stops_at_once(tmp_path: Path) -> None:
+    # The same path as a --timeout or a batch system's stop: no Ctrl-C began it.
     marker = uuid.uuid4().hex
     log = tmp_path / "log"
     tasklist = write_tasklist(tmp_path / "t.txt", [f"trap '' TERM; echo up >> {log}; sleep 300 & wait"])
-    farmer = start_farmer(tasklist, "-n", "1", "--grace", "60", "--timeout", "1", env={"TF_TEST_MARK": marker})
+    farmer = start_farmer(tasklist, "-n", "1", "--grace", "60", env={"TF_TEST_MARK": marker})
     with cleanup(farmer):
         wait_for(lambda: len(lines(log)) == 1, what="a task that ignores SIGTERM")
+        os.kill(farmer.pid, signal.SIGTERM)
         assert farmer.stderr is not None
-        stopping = farmer.stderr.readline()
+        stopping = ""
         while not stopping.startswith("pytaskfarmer: stopping"):
             stopping = farmer.stderr.readline()
-        # A --timeout is no Ctrl-C: one Ctrl-C, not a second, is what ends the wait.
+            assert stopping, "the farmer ended without its stopping line"
+        # One Ctrl-C, not a second, is what ends the wait.
         assert stopping.endswith("SIGKILL after 60.0 s; Ctrl-C to kill it now\n")
         sent = time.monotonic()
         os.kill(farmer.pid, signal.SIGINT)

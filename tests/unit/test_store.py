@@ -6,7 +6,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import psutil
 import pytest
@@ -28,7 +28,10 @@ from taskfarmer.store import (
 from taskfarmer.store._leases import process_ctime
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+_Result = TypeVar("_Result")
 
 
 def _store(tmp_path: Path, count: int = 5) -> tuple[WorkDir, FarmerRecord, SlotRecord]:
@@ -496,3 +499,23 @@ def test_a_work_directory_of_this_version_is_never_taken_for_a_foreign_one(tmp_p
     (tmp_path / "wd" / ".lockfile").unlink()
     with pytest.raises(WorkDirError, match="made by another tool"):
         store.check_not_foreign()
+
+
+def test_a_task_that_fails_while_requeue_reads_goes_back_as_its_next_attempt(tmp_path: Path) -> None:
+    store, _, slot = _store(tmp_path, count=2)
+    log, _ = _claim(store, slot, want=2)
+    _run(log, slot, 0, returncode=1)
+    store.exchange(log, slot, want=0)  # task 0 failed; task 1 went back
+    log, _ = _claim(store, slot)
+    _run(log, slot, 0, returncode=1, retry=True)
+    _run(log, slot, 0, returncode=1)  # task 1: attempts 1 and 2, not in the shared files yet
+
+    class Racing(WorkDir):
+        """Another worker records task 1's failure after requeue read accounting.tsv, before it takes the lock."""
+
+        def _transaction(self, operation: Callable[[], _Result]) -> _Result:
+            store.exchange(log, slot, want=0)
+            return super()._transaction(operation)
+
+    assert sorted(Racing(store.path).requeue_failed(lambda _taskid, _status: True)) == [0, 1]
+    assert sorted(store.toprocess.read_text().split("\n")[:-1]) == ["0@2 echo 0", "1@3 echo 1"]
