@@ -107,8 +107,10 @@ class TaskLogs:
             path, fd = self._spare
             self._spare = None
             with contextlib.suppress(OSError):  # an empty file left behind is harmless; a stopping worker's traceback
+                late = os.fstat(fd).st_size > 0  # output of something the task left, written after it ended
                 os.close(fd)
-                path.unlink()
+                if not late:
+                    path.unlink()
         if self._stream_fd is not None:
             os.close(self._stream_fd)
             self._stream_fd = None

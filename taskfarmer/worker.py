@@ -352,8 +352,8 @@ class Worker:
         # Anything the task left below this (subreaper) worker ends with it, even what cleared its environment.
         process.kill_all_descendants(grace=self.spec.grace)
         if verdict.killed_for == STOP or self._stopped_meanwhile(returncode):
-            if not self.logs.close(log):  # printed nothing: its file goes once the task is given back
-                self._slot_log.forget_log(self._index)
+            # What it printed (in stream mode, its span is known only now; none: its file goes once it is given back)
+            self._slot_log.record_log(self._index, self.logs.close(log))
             return None
         location = self.logs.close(log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

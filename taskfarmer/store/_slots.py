@@ -238,12 +238,12 @@ class SlotLog:
         """Record that task *index* of the batch starts its attempt *attempt*."""
         self._record_start(Started(index, attempt, time.time(), log))
 
-    def forget_log(self, index: int) -> None:
-        """Record that the current attempt of task *index* has no log: it printed nothing, and was stopped.
-
-        Its start line is written again without the log, so that the record of its interruption names none.
+    def record_log(self, index: int, log: str) -> None:
+        """Record where the output of the current attempt of task *index*, stopped, is: its start line is written
+        again with *log* (``""``: it printed nothing), which the record of its interruption then names.
         """
-        self._record_start(replace(self.started[index], log=""))
+        if log != self.started[index].log:
+            self._record_start(replace(self.started[index], log=log))
 
     def _record_start(self, started: Started) -> None:
         self.started[started.index] = started

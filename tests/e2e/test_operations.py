@@ -274,6 +274,26 @@ def test_a_stop_leaves_no_empty_log_file_and_keeps_the_output_of_a_task_that_pri
 
 
 @pytest.mark.timeout(60)
+def test_the_output_of_a_stopped_task_in_stream_mode_is_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready = tmp_path / "ready"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"echo half; touch {ready}; sleep 30"])
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "-n", "1", "--logs", "stream")
+    with cleanup(farmer):
+        wait_for(ready.exists, what="the task started")
+        os.killpg(farmer.pid, signal.SIGTERM)
+        farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 3
+    row = lines(workdir / "accounting.tsv")[1].split("\t")
+    assert (row[2], row[-1].rpartition("+")[2]) == ("stopped", "5")  # "half\n", not the empty span of its start
+    capsys.readouterr()
+    assert main(["log", "--attempt", "1", str(workdir), "0"]) == 0
+    assert capsys.readouterr().out == "half\n"
+
+
+@pytest.mark.timeout(60)
 def test_the_log_of_a_silent_task_that_ended_moments_ago_is_found(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

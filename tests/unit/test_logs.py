@@ -66,6 +66,15 @@ def test_the_last_silent_attempt_leaves_no_file_when_the_worker_stops(directory:
     assert _names(directory) == []
 
 
+def test_a_last_silent_file_written_to_late_is_kept_when_the_worker_stops(directory: Path) -> None:
+    task_logs = _logs(directory)
+    assert task_logs.close(task_logs.open(1, 1)) == ""
+    with (directory / "log_1").open("a") as late:  # a process the task left, still writing
+        late.write("late\n")
+    task_logs.finish()
+    assert _names(directory) == ["log_1"]
+
+
 def test_an_attempt_cut_short_keeps_its_file_when_it_printed(directory: Path) -> None:
     task_logs = _logs(directory)
     stopped = task_logs.open(1, 1)

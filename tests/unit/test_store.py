@@ -268,7 +268,7 @@ def test_a_stopped_attempt_whose_log_was_forgotten_is_accounted_without_one(tmp_
     store, farmer, slot = _store(tmp_path, count=1)
     log, _ = _claim(store, slot)
     log.start(0, attempt=1, log="logs/log_0")
-    log.forget_log(0)
+    log.record_log(0, "")
     if dies:
         log.close()
         store.forget_farmer(farmer.name)
