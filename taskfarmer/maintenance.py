@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from taskfarmer.errors import TaskFarmerError
+from taskfarmer.store import UNREADABLE
 from taskfarmer.words import plural
 
 if TYPE_CHECKING:
@@ -120,11 +121,8 @@ def print_failed(store: WorkDir, *, commands: bool, out: BinaryIO) -> int:
             taskid, status, command = [*line.rstrip(b"\n").split(b" ", 2), b"", b""][:3]
             if not commands:
                 out.write(line)
-            elif not taskid.isdigit() or status in UNREADABLE:
+            elif not taskid.isdigit() or status.decode(errors="replace") in UNREADABLE:
                 left_out += 1
             else:
                 out.write(command + b"\n")  # an invalid directive too: the user mends it in the new list
     return left_out
-
-
-UNREADABLE: Final = (b"invalid:too-long", b"invalid:not-utf8", b"invalid:nul-byte")

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from taskfarmer import jobs
 from taskfarmer.campaign import Campaign, CampaignError
-from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, heartbeat_interval
+from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, UNREADABLE, heartbeat_interval
 from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
     from taskfarmer.store import WorkDir
 
 FAILED_SHOWN: Final = 20
-_RATE_WINDOW: Final = 600.0  # seconds of recent completions the rate is computed over
+RATE_WINDOW: Final = 600.0  # seconds of recent completions the rate is computed over
 _TAIL_BYTES: Final = 256 * 1024
 _ENDED_JOBS_SHOWN: Final = 5
 _LIVE_JOBS_SHOWN: Final = 20
@@ -66,7 +66,7 @@ def collect(store: WorkDir) -> StatusReport:
         eta_s=(counts.left + counts.running) / rate if rate and alive else None,  # nobody works on it: no ETA
         farmers=farmers,
     )
-    report.failed, report.failed_not_shown = _failed(store, tail.logs)
+    report.failed, report.failed_not_shown = _failed(store, tail)
     report.running = _running(store)
     report.campaign, report.jobs = campaign_summary(store)
     return report
@@ -95,53 +95,78 @@ def campaign_summary(store: WorkDir) -> tuple[dict[str, object] | None, list[dic
     return summary, [asdict(row) for row in rows]
 
 
-@dataclass
-class _AccountingTail:
-    """What the end of ``accounting.tsv`` (and the lines still in the workers' slot files) tells."""
+class AccountingTail:
+    """What the last lines of ``accounting.tsv`` tell (and those still in the workers' slot files): the recent
+    completions, and the logs of the attempts that failed. Fed line by line; its memory is bounded by the rate window
+    and by the failed attempts.
+    """
 
-    ends: list[float] = field(default_factory=list)  # when the attempts that ended their task ended
-    logs: dict[int, str] = field(default_factory=dict)  # task ID -> the log of its latest attempt ("": no output)
+    def __init__(self) -> None:
+        self.ends: collections.deque[tuple[float, int, int]] = collections.deque()  # (end, task, attempt), in order
+        self._counted: set[tuple[int, int]] = set()  # (task, attempt) of the ends: a line read twice counts once
+        self.logs: dict[int, str] = {}  # task ID -> the log of its latest failed attempt ("": no output)
+        self.stream = False  # an attempt of the tail wrote to a stream log
 
     def add(self, line: bytes) -> None:
+        """Take in one accounting line (the header, or a line cut by a seek, are left out)."""
         fields = line.rstrip(b"\n").split(b"\t")
-        if len(fields) < len(ACCOUNTING_HEADER.split(b"\t")) or not fields[0].isdigit():
-            return  # the header, or a line cut by the seek
-        self.logs[int(fields[0])] = fields[-1].decode(errors="replace")
+        if len(fields) < _ACCOUNTING_FIELDS or not fields[0].isdigit() or not fields[1].isdigit():
+            return
+        taskid, attempt, state, log = int(fields[0]), int(fields[1]), fields[2].decode(errors="replace"), fields[-1]
+        self.stream = self.stream or b"@" in log
+        if state != "ok":
+            empty = b"@" in log and log.endswith(b"+0")  # a stream span of nothing
+            self.logs[taskid] = "" if empty else log.decode(errors="replace")
         with contextlib.suppress(ValueError):
-            if fields[2].decode() not in GAVE_BACK:  # a stopped or lost attempt ended no task
-                self.ends.append(float(fields[5]))
+            if state not in GAVE_BACK and (taskid, attempt) not in self._counted:  # a stop or a death ended no task
+                self.ends.append((float(fields[5]), taskid, attempt))
+                self._counted.add((taskid, attempt))
 
     def rate(self) -> float | None:
-        """:returns: tasks per second over the last completions, ``None`` when none are recent"""
+        """:returns: tasks per second over the last completions, ``None`` when fewer than two are recent"""
         now = time.time()
-        recent = [end for end in self.ends if now - end <= _RATE_WINDOW]
-        if len(recent) < 2:
+        while self.ends and now - self.ends[0][0] > RATE_WINDOW:
+            self._counted.discard(self.ends.popleft()[1:])
+        if len(self.ends) < 2:  # a rate needs two ends
             return None
-        return len(recent) / max(now - min(recent), 1.0)
+        return len(self.ends) / max(now - min(end for end, _, _ in self.ends), 1.0)
+
+    def log_of(self, store: WorkDir, taskid: int, state: str) -> str | None:
+        """:param state: the task's status in ``failed``
+        :returns: the log of the latest attempt of failed task *taskid*: a path (a stream log's with
+            ``@OFFSET+LENGTH``), ``""`` when it printed nothing or never ran, ``None`` when this cannot tell (an
+            attempt older than the tail, in stream mode)
+        """
+        if taskid in self.logs:
+            return str(store.path / self.logs[taskid]) if self.logs[taskid] else ""
+        if state in UNREADABLE:  # a line that was never run
+            return ""
+        found = latest_log_file(store, taskid)
+        return None if not found and self.stream else found
 
 
-def _read_tail(store: WorkDir) -> _AccountingTail:
-    tail = _AccountingTail()
+_ACCOUNTING_FIELDS: Final = len(ACCOUNTING_HEADER.split(b"\t"))
+
+
+def _read_tail(store: WorkDir) -> AccountingTail:
+    tail = AccountingTail()
+    # The slot files first: what a claim merges meanwhile is then in accounting.tsv, read after.
+    pending = [end.account for view in store.slot_views() for end in view.ended]
     with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as source:
         size = os.fstat(source.fileno()).st_size
         source.seek(max(size - _TAIL_BYTES, 0))
         for line in source.read().splitlines()[1 if size > _TAIL_BYTES else 0 :]:  # the first line may be cut
             tail.add(line)
-    for view in store.slot_views():  # ended moments ago: not merged into accounting.tsv yet
-        for end in view.ended:
-            tail.add(end.account)
+    for line in pending:
+        tail.add(line)
     return tail
 
 
-def latest_log(store: WorkDir, taskid: int, known: dict[int, str] | None = None) -> str | None:
-    """:param known: logs of the latest attempts, by task ID (what the tail of ``accounting.tsv`` says)
-    :returns: the log of the latest attempt of task *taskid*: a path (a stream log's with ``@OFFSET+LENGTH``),
-        ``""`` when it printed nothing, ``None`` when this cannot tell (an old attempt in stream mode)
+def latest_log_file(store: WorkDir, taskid: int) -> str:
+    """:returns: the newest log file of task *taskid* (files mode), ``""`` when it has none
 
-    In files mode an attempt that printed nothing has no file: the attempts are probed until two in a row have none.
+    An attempt that printed nothing has no file: the attempts are probed until two in a row have none.
     """
-    if known is not None and taskid in known:
-        return str(store.path / known[taskid]) if known[taskid] else ""
     found, attempt, misses = "", 1, 0
     while misses < _PROBED_MISSES:
         path = store.logs / (f"log_{taskid}" if attempt == 1 else f"log_{taskid}.{attempt}")
@@ -150,11 +175,11 @@ def latest_log(store: WorkDir, taskid: int, known: dict[int, str] | None = None)
         else:
             misses += 1
         attempt += 1
-    return found or None
+    return found
 
 
 def log_words(log: object, workdir: object, taskid: object) -> str:
-    """:returns: how the log that :func:`latest_log` found is named to a user"""
+    """:returns: how the log that :meth:`AccountingTail.log_of` found is named to a user"""
     if log is None:
         return f"see taskfarmer log {workdir} {taskid}"
     return str(log) or "no output"
@@ -163,7 +188,7 @@ def log_words(log: object, workdir: object, taskid: object) -> str:
 _PROBED_MISSES: Final = 2
 
 
-def _failed(store: WorkDir, known: dict[int, str]) -> tuple[list[dict[str, object]], int]:
+def _failed(store: WorkDir, tail: AccountingTail) -> tuple[list[dict[str, object]], int]:
     shown: list[dict[str, object]] = []
     hidden = 0
     with store.failed.open(encoding="utf-8", errors="replace") as lines:
@@ -174,7 +199,7 @@ def _failed(store: WorkDir, known: dict[int, str]) -> tuple[list[dict[str, objec
             taskid, status, command = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
             if taskid.isdigit():
                 entry = {"task": int(taskid), "status": status, "command": command}
-                entry["log"] = latest_log(store, int(taskid), known)
+                entry["log"] = tail.log_of(store, int(taskid), status)
                 shown.append(entry)
     return shown, hidden
 
@@ -243,7 +268,7 @@ def format_text(report: StatusReport) -> str:
     ]
     if report.rate_per_s:
         eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s else ""
-        lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {_RATE_WINDOW / 60:.0f} minutes{eta}")
+        lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {RATE_WINDOW / 60:.0f} minutes{eta}")
     lines += [
         f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}"
         f"  log: {log_words(f['log'], report.workdir, f['task'])}"

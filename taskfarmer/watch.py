@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskfarmer import status
-from taskfarmer.store import GAVE_BACK, slot_counts
+from taskfarmer.store import slot_counts
 from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
     from taskfarmer.store import Counts, SlotView, WorkDir
 
-_RATE_WINDOW: Final = 600.0  # seconds of completions the rate is computed over (as status)
 _FIRST_READ: Final = 256 * 1024  # bytes of a file's tail read at the first refresh
 _FAILURES_SHOWN: Final = 5
 CAMPAIGN_EVERY: Final = 30.0  # seconds between two reads of the campaign's jobs
@@ -116,8 +115,8 @@ class Watcher:
         self._finished = AppendedLines(store.finished)
         self._failed = AppendedLines(store.failed)
         self._accounting = AppendedLines(store.accounting)
-        self._ends: collections.deque[float] = collections.deque()
-        self._failures: collections.deque[str] = collections.deque(maxlen=_FAILURES_SHOWN)
+        self._tail = status.AccountingTail()
+        self._failures: collections.deque[bytes] = collections.deque(maxlen=_FAILURES_SHOWN)  # the last failed lines
         self._total = AppendedLines(store.path / "tasklist.json")
         self._tasks = 0
         self._campaign: list[str] = []
@@ -128,12 +127,13 @@ class Watcher:
         views = self.store.slot_views()
         counts = slot_counts(views)
         self._finished.read()
-        for line in self._failed.read():
-            self._failures.append(self._failure(line))
+        rate = self._rate()  # before the failed lines: their attempts' logs are then read
+        self._failures.extend(self._failed.read())
         counts.finished += self._finished.count
         counts.failed += self._failed.count
         counts.toprocess = max(self._total_tasks() - counts.total, 0)
-        return Snapshot(counts, self._rate(), self._hosts(views), list(self._failures), self._campaign_lines())
+        failures = [self._failure(line) for line in self._failures]
+        return Snapshot(counts, rate, self._hosts(views), failures, self._campaign_lines())
 
     def _total_tasks(self) -> int:
         if self._total.read():  # tasklist.json was rewritten: the list grew (appended tasks)
@@ -145,21 +145,13 @@ class Watcher:
         taskid, state, command = [*line.decode(errors="replace").split(" ", 2), "", ""][:3]
         where = ""
         if taskid.isdigit():
-            where = status.log_words(status.latest_log(self.store, int(taskid)), self.store.path, taskid)
+            where = status.log_words(self._tail.log_of(self.store, int(taskid), state), self.store.path, taskid)
         return f"task {taskid} ({state}): {status.cut(command, 50)}  {where}"
 
     def _rate(self) -> float | None:
         for line in self._accounting.read(whole=False):
-            fields = line.split(b"\t")
-            with contextlib.suppress(IndexError, ValueError):
-                if fields[2].decode() not in GAVE_BACK:  # a stopped or lost attempt ended no task
-                    self._ends.append(float(fields[5]))
-        now = time.time()
-        while self._ends and now - self._ends[0] > _RATE_WINDOW:
-            self._ends.popleft()
-        if len(self._ends) < 2:
-            return None
-        return len(self._ends) / max(now - self._ends[0], 1.0)
+            self._tail.add(line)
+        return self._tail.rate()
 
     def _hosts(self, views: list[SlotView]) -> dict[str, HostRow]:
         hosts: dict[str, HostRow] = collections.defaultdict(HostRow)

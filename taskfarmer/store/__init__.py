@@ -37,6 +37,7 @@ from taskfarmer.store import _files, _slots
 from taskfarmer.store._ingest import (
     LINES,
     MAX_TASK_BYTES,
+    UNREADABLE,
     IngestFiles,
     IngestResult,
     Invalid,
@@ -74,6 +75,7 @@ __all__ = [
     "GAVE_BACK",
     "MAX_TASK_BYTES",
     "SKIPPED",
+    "UNREADABLE",
     "FarmerRecord",
     "Holder",
     "IngestResult",

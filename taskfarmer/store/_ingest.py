@@ -224,19 +224,25 @@ def _lines(source: IO[bytes], digest: hashlib._Hash, *, end: int) -> Iterator[tu
         yield carry, carry_too_long
 
 
+TOO_LONG: Final = "invalid:too-long"
+NOT_UTF8: Final = "invalid:not-utf8"
+NUL_BYTE: Final = "invalid:nul-byte"
+UNREADABLE: Final = (TOO_LONG, NOT_UTF8, NUL_BYTE)  # lines never run, of which ``failed`` keeps only a preview
+
+
 def _check(line: bytes, *, too_long: bool) -> tuple[str | None, str]:
     """:returns: ``(command or None when the line is no task, reason when it is invalid)``"""
     if too_long:
-        return None, "invalid:too-long"
+        return None, TOO_LONG
     stripped = line.strip()
     if not stripped or stripped.startswith(b"#"):
         return None, ""
     try:
         command = stripped.decode()
     except UnicodeDecodeError:
-        return None, "invalid:not-utf8"
+        return None, NOT_UTF8
     if "\0" in command:
-        return None, "invalid:nul-byte"
+        return None, NUL_BYTE
     return command, ""
 
 

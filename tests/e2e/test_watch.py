@@ -145,3 +145,21 @@ def test_a_refresh_costs_the_same_for_100_tasks_as_for_10000(tmp_path: Path) -> 
         assert watcher.snapshot().counts.finished == 10_000
     assert _rchar() - before < 4096, "an idle refresh read the state files again"
     assert read_first > big.finished.stat().st_size  # the first one read them (the measure measures)
+
+
+@pytest.mark.parametrize("mode", ["files", "stream"])
+def test_the_failures_name_their_logs_in_both_modes(tmp_path: Path, mode: str) -> None:
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_bytes(b"exit 3\necho out; exit 4\necho \xff\n")
+    assert run_farmer(tasklist, "-n", "1", "--logs", mode).returncode == 1
+    workdir = tmp_path / "t.txt_workdir"
+    failures = Watcher(WorkDir(workdir)).snapshot().failures
+    assert len(failures) == 3
+    silent, printed, unreadable = sorted(failures)
+    assert silent.endswith("  no output")
+    assert unreadable.startswith("task 2 (invalid:not-utf8)")
+    assert unreadable.endswith("  no output")  # never run
+    if mode == "files":
+        assert printed.endswith(f"  {workdir}/logs/log_1")
+    else:
+        assert re.search(rf"  {workdir}/logs/stream\.\S+@\d+\+4$", printed), printed
