@@ -294,29 +294,6 @@ def test_the_output_of_a_stopped_task_in_stream_mode_is_found(
 
 
 @pytest.mark.timeout(60)
-def test_the_log_of_a_silent_task_that_ended_moments_ago_is_found(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # A worker's second claim holds several tasks; the ends of the first ones wait in its slot file, with their
-    # accounting lines, until its next claim: the gated task keeps that from happening.
-    gate = tmp_path / "gate"
-    tasks = ["true", "echo one", "true", f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done", *["true"] * 20]
-    tasklist = write_tasklist(tmp_path / "t.txt", tasks)
-    workdir = tmp_path / "t.txt_workdir"
-    farmer = start_farmer(tasklist, "-n", "1")
-    with cleanup(farmer):
-        log = workdir / "logs" / "log_3"
-        wait_for(lambda: log.exists() and log.read_text() == "started\n", what="task 3's output in its log")
-        assert [line.split("\t")[0] for line in lines(workdir / "accounting.tsv")[1:]] == ["0"]
-        capsys.readouterr()
-        assert main(["log", str(workdir), "2"]) == 0
-        assert main(["log", "--attempt", "1", str(workdir), "1"]) == 0
-        assert capsys.readouterr() == ("one\n", "")
-        gate.touch()
-        assert farmer.wait(timeout=LONG) == 0
-
-
-@pytest.mark.timeout(60)
 def test_a_farmer_that_sees_an_older_toprocess_than_recorded_stops_with_one_line(tmp_path: Path) -> None:
     # Tasks long enough that the first farmer, stopped at once, leaves them all in the queue (workers start fast).
     tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 0.5; echo {i}" for i in range(6)])

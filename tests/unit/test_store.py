@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ import psutil
 import pytest
 
 from taskfarmer import store as store_module
-from taskfarmer.errors import WorkDirError
+from taskfarmer.errors import TaskFarmerError, WorkDirError
+from taskfarmer.logs import print_log
 from taskfarmer.store import (
     FarmerRecord,
     Holder,
@@ -519,3 +521,15 @@ def test_a_task_that_fails_while_requeue_reads_goes_back_as_its_next_attempt(tmp
 
     assert sorted(Racing(store.path).requeue_failed(lambda _taskid, _status: True)) == [0, 1]
     assert sorted(store.toprocess.read_text().split("\n")[:-1]) == ["0@2 echo 0", "1@3 echo 1"]
+
+
+def test_the_log_of_an_attempt_still_in_its_slot_file_is_found(tmp_path: Path) -> None:
+    # An attempt that ended moments ago: its accounting line waits in its worker's slot file for the next claim.
+    store, _, slot = _store(tmp_path, count=3)
+    log, _ = _claim(store, slot, want=3)
+    _run(log, slot, 0)  # printed nothing: no log
+    out = io.BytesIO()
+    print_log(store, 0, attempt=None, out=out)  # it said "it has not run yet"
+    assert out.getvalue() == b""
+    with pytest.raises(TaskFarmerError, match="it has not run yet"):
+        print_log(store, 1, attempt=None, out=out)
