@@ -7,6 +7,7 @@ removes them, and tells a job its own ID.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -202,6 +203,7 @@ class HTCondor:
             f"output = {campaign.jobs_dir}/$(ClusterId).$(ProcId).out",
             f"error = {campaign.jobs_dir}/$(ClusterId).$(ProcId).err",
             f"log = {campaign.jobs_dir}/condor.log",
+            *_condor_wall_time(settings),
             *settings.scheduler_options,
         ]
         campaign.submit_file.write_text("\n".join(lines) + "\n")
@@ -241,8 +243,18 @@ class HTCondor:
         return os.environ.get(JOB_ID_VARIABLE)
 
     def end_time(self, started: float, settings: Settings) -> float | None:
-        """HTCondor has no wall time of its own: the campaign's, from this job's start."""
+        """The campaign's ``--time`` from this job's start (``allowed_job_duration`` counts the same)."""
         return started + settings.wall_seconds if settings.wall_seconds else None
+
+
+def _condor_wall_time(settings: Settings) -> list[str]:
+    """HTCondor's own limit of the run time, as Slurm's --time: a job whose farmer hangs past it is held."""
+    if not settings.wall_seconds:
+        return []
+    return [
+        "# --time: the farmer stops --margin before it; a job that runs past it anyway is held (condor_rm clears it).",
+        f"allowed_job_duration = {math.ceil(settings.wall_seconds)}",
+    ]
 
 
 def _constraint(settings: Settings) -> str:

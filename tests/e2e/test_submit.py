@@ -102,6 +102,7 @@ def test_a_job_run_by_hand_from_its_script_runs_the_list_and_records_itself(tmp_
     write_tasklist(tmp_path / "t.txt", [f"echo {n}" for n in range(20)] + ["exit 3"])
     dry = _taskfarmer(tmp_path, "submit", "--scheduler", "slurm", "--dry-run", "--cpus", "2", "t.txt", "--retries", "1")
     assert dry.returncode == 0, dry.stderr
+    assert "allowed_job_duration = 600" in (tmp_path / "t.txt_workdir" / "campaign" / "job.sub").read_text()
     command = (tmp_path / "t.txt_workdir" / "campaign" / "job.sh").read_text().splitlines()[-1]
     job = subprocess.run(
         ["bash", "-c", command],
@@ -131,6 +132,7 @@ def test_a_farmer_timeout_given_to_submit_ends_the_job_as_its_wall_time_would(tm
         tmp_path, "submit", "--scheduler", "htcondor", "--dry-run", "--time", "10m", "t.txt", "--timeout", "2"
     )
     assert dry.returncode == 0, dry.stderr
+    assert "allowed_job_duration = 600" in (tmp_path / "t.txt_workdir" / "campaign" / "job.sub").read_text()
     command = (tmp_path / "t.txt_workdir" / "campaign" / "job.sh").read_text().splitlines()[-1]
     job = subprocess.run(
         ["bash", "-c", command],

@@ -51,9 +51,16 @@ class Campaigns:
 
     def queue(self) -> list[str]:
         """:returns: the campaign's jobs in the queue (``ID STATUS``)"""
+        return self._condor_q("-af:j", "JobStatus")
+
+    def attribute(self, name: str) -> list[str]:
+        """:returns: the value of the job ad attribute *name* for each of the campaign's jobs in the queue"""
+        return self._condor_q("-af", name)
+
+    def _condor_q(self, *autoformat: str) -> list[str]:
         tag = Campaign(self.workdir).load().settings.tag
         result = subprocess.run(
-            ["condor_q", "-constraint", f'TaskfarmerCampaign =?= "{tag}"', "-af:j", "JobStatus"],
+            ["condor_q", "-constraint", f'TaskfarmerCampaign =?= "{tag}"', *autoformat],
             capture_output=True,
             text=True,
             timeout=LONG,
@@ -102,6 +109,7 @@ def test_a_campaign_resubmits_its_jobs_at_their_wall_time_until_every_task_ran(c
     submitted = campaigns.inside("submit", "--scheduler", "htcondor", "--jobs", "2", "--time", "40s", "tasks.txt")
     assert submitted.returncode == 0, submitted.stderr
     assert "submitted 2 htcondor jobs" in submitted.stdout
+    assert campaigns.attribute("AllowedJobDuration") == ["40", "40"]  # HTCondor holds a job past its --time
     campaigns.wait_no_job()
 
     workdir = campaigns.workdir
