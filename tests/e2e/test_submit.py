@@ -102,7 +102,6 @@ def test_a_job_run_by_hand_from_its_script_runs_the_list_and_records_itself(tmp_
     write_tasklist(tmp_path / "t.txt", [f"echo {n}" for n in range(20)] + ["exit 3"])
     dry = _taskfarmer(tmp_path, "submit", "--scheduler", "slurm", "--dry-run", "--cpus", "2", "t.txt", "--retries", "1")
     assert dry.returncode == 0, dry.stderr
-    assert "allowed_job_duration = 600" in (tmp_path / "t.txt_workdir" / "campaign" / "job.sub").read_text()
     command = (tmp_path / "t.txt_workdir" / "campaign" / "job.sh").read_text().splitlines()[-1]
     job = subprocess.run(
         ["bash", "-c", command],
