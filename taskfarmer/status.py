@@ -20,7 +20,7 @@ from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, UNREADABLE, heartbeat
 from taskfarmer.words import format_duration, plural
 
 if TYPE_CHECKING:
-    from taskfarmer.store import WorkDir
+    from taskfarmer.store import SlotView, WorkDir
 
 FAILED_SHOWN: Final = 20
 RATE_WINDOW: Final = 600.0  # seconds of recent completions the rate is computed over
@@ -47,8 +47,9 @@ class StatusReport:
 
 def collect(store: WorkDir) -> StatusReport:
     """Read the state of *store* into a report."""
-    counts = store.counts()
-    tail = _read_tail(store)
+    views = store.slot_views()  # read once: on a shared filesystem each read of a slot file is a round trip
+    counts = store.counts(views)
+    tail = _read_tail(store, views)
     rate = tail.rate()
     farmers = farmer_states(store)
     alive = any(str(f["state"]).startswith("alive") for f in farmers)
@@ -67,7 +68,7 @@ def collect(store: WorkDir) -> StatusReport:
         farmers=farmers,
     )
     report.failed, report.failed_not_shown = _failed(store, tail)
-    report.running = _running(store)
+    report.running = _running(views)
     report.campaign, report.jobs = campaign_summary(store)
     return report
 
@@ -148,10 +149,10 @@ class AccountingTail:
 _ACCOUNTING_FIELDS: Final = len(ACCOUNTING_HEADER.split(b"\t"))
 
 
-def _read_tail(store: WorkDir) -> AccountingTail:
+def _read_tail(store: WorkDir, views: list[SlotView]) -> AccountingTail:
+    """:param views: the slot files, read before ``accounting.tsv``: what a claim merges meanwhile is then in it"""
     tail = AccountingTail()
-    # The slot files first: what a claim merges meanwhile is then in accounting.tsv, read after.
-    pending = [end.account for view in store.slot_views() for end in view.ended]
+    pending = [end.account for view in views for end in view.ended]
     with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as source:
         size = os.fstat(source.fileno()).st_size
         source.seek(max(size - _TAIL_BYTES, 0))
@@ -204,7 +205,7 @@ def _failed(store: WorkDir, tail: AccountingTail) -> tuple[list[dict[str, object
     return shown, hidden
 
 
-def _running(store: WorkDir) -> list[dict[str, object]]:
+def _running(views: list[SlotView]) -> list[dict[str, object]]:
     now = time.time()
     return [
         {
@@ -216,7 +217,8 @@ def _running(store: WorkDir) -> list[dict[str, object]]:
             "farmer": slot.farmer,
             "age_s": round(now - slot.started, 1),
         }
-        for slot in store.running_tasks()
+        for view in views
+        for slot in view.running()
     ]
 
 

@@ -825,11 +825,12 @@ class WorkDir:
             return ""
         return f"{why} Once the filesystem is fixed, remove {self.stale_file} and run again."
 
-    def counts(self) -> Counts:
-        """:returns: the number of tasks in each state, with what the slot files hold and have not yet written to
+    def counts(self, views: list[SlotView] | None = None) -> Counts:
+        """:param views: the slot files, if the caller has read them already
+        :returns: the number of tasks in each state, with what the slot files hold and have not yet written to
         the shared files (reads the state files: O(list) bytes, no lock)
         """
-        counts = slot_counts(self.slot_views())
+        counts = slot_counts(self.slot_views() if views is None else views)
         counts.toprocess = _count_lines(self.toprocess)
         counts.finished += _count_lines(self.finished)
         counts.failed += _count_lines(self.failed)

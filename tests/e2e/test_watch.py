@@ -147,6 +147,28 @@ def test_a_refresh_costs_the_same_for_100_tasks_as_for_10000(tmp_path: Path) -> 
     assert read_first > big.finished.stat().st_size  # the first one read them (the measure measures)
 
 
+def test_status_reads_each_slot_file_once(tmp_path: Path) -> None:
+    assert shutil.which("strace"), "strace is needed to count what status opens (Debian package strace)"
+    tasklist = tmp_path / "t.txt"
+    write_tasklist(tasklist, ["sleep 60"] * 6)
+    farmer = start_farmer(tasklist, "-n", "3", "--grace", "0")
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        busy = lambda: (workdir / "running").exists() and len(WorkDir(workdir).running_tasks()) == 3  # noqa: E731
+        wait_for(busy, what="three tasks running")
+        trace = tmp_path / "status.strace"
+        strace = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace)]
+        status = subprocess.run(
+            [*strace, TASKFARMER, "status", str(workdir)], capture_output=True, text=True, check=False
+        )
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count("  running  task") == 3
+    opened = re.findall(r'openat\(AT_FDCWD, "([^"]+)"', trace.read_text())
+    slots = collections.Counter(path for path in opened if path.startswith(str(workdir / "running") + "/"))
+    assert len(slots) == 3, slots  # one per worker
+    assert set(slots.values()) == {1}, slots  # counts, rate, logs and running lines: from one read
+
+
 @pytest.mark.parametrize("mode", ["files", "stream"])
 def test_the_failures_name_their_logs_in_both_modes(tmp_path: Path, mode: str) -> None:
     tasklist = tmp_path / "t.txt"
