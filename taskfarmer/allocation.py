@@ -1,7 +1,8 @@
 """What the batch system tells the farmer: when the allocation ends, and work to do once per node.
 
-``--task-duration`` with a known end time (``--end-time``, or the Slurm job's end) makes workers stop claiming
-tasks that could not finish before the allocation ends: they would only be killed and run again by the next job.
+With a known end (``--end-time``, the Slurm job's end, or the farmer's ``--timeout``), workers claim no task that
+could not finish by then (its ``time=`` directive, else ``--task-duration``): it would only be killed and run again
+by the next job.
 
 ``--node-setup`` runs a command once per node (unpacking an environment, staging an input file) before any worker
 starts, under a node-local lock: the first farmer on the node runs it, the others wait for it and then skip it.
@@ -61,16 +62,20 @@ def parse_end_time(text: str) -> float | None:
         raise TaskFarmerError(msg) from None
 
 
-def claim_deadline(*, task_duration: float | None, end_time: float | None) -> float | None:
-    """:returns: after when no task may be claimed (``None``: no limit)"""
-    if task_duration is None:
-        return None
-    end = end_time if end_time is not None else slurm_end_time()
-    if end is None:
+def work_end(*, end_time: float | None, timeout: float | None, task_duration: float | None) -> float | None:
+    """:param end_time: ``--end-time``, if given (else the Slurm job's end is asked for)
+    :param timeout: ``--timeout``, counted from now
+    :returns: when this farmer's work must be over (epoch seconds): the allocation's end, or its ``--timeout`` if
+        sooner; ``None`` when neither is known. A task that could not finish by then is not claimed.
+    """
+    allocation_end = end_time if end_time is not None else slurm_end_time()
+    ends = [end for end in (allocation_end, time.time() + timeout if timeout else None) if end is not None]
+    end = min(ends, default=None)
+    if task_duration is not None and end is None:
         _LOGGER.warning("--task-duration given, but the allocation's end is unknown (no --end-time, no Slurm job)")
-        return None
-    _LOGGER.info("claiming tasks until %s (the allocation ends %s)", time.ctime(end - task_duration), time.ctime(end))
-    return end - task_duration
+    elif task_duration is not None and end is not None:
+        _LOGGER.info("claiming tasks until %s (the work ends %s)", time.ctime(end - task_duration), time.ctime(end))
+    return end
 
 
 def run_node_setup(command: str, *, workdir: Path, log_dir: Path) -> None:

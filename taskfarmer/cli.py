@@ -22,10 +22,12 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
 from taskfarmer import config
+from taskfarmer.allocation import parse_end_time
 from taskfarmer.compat import ptf_verbose
 from taskfarmer.errors import TaskFarmerError, TaskListError, WorkDirError
 from taskfarmer.output import outlive_reader
@@ -120,6 +122,18 @@ def _grace_seconds(text: str) -> float:
         msg = f"must be 0 seconds or more (and finite), not {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _end_time(text: str) -> float:
+    try:
+        end = parse_end_time(text)
+    except TaskFarmerError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if end is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time: give seconds since the epoch or 2026-11-21T08:00:00")
+    if end <= time.time():
+        raise argparse.ArgumentTypeError(f"{text} is in the past ({time.ctime(end)})")
+    return end
 
 
 def _count(text: str) -> int:
@@ -228,7 +242,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="expected seconds per task: claim none that could not finish before the allocation ends",
     )
     batch.add_argument(
-        "--end-time", help="when the allocation ends (epoch seconds or 2026-11-21T08:00:00; default: the Slurm job's)"
+        "--end-time",
+        type=_end_time,
+        help="when the allocation ends (epoch seconds or 2026-11-21T08:00:00; default: the Slurm job's): no task is"
+        " claimed that could not finish by then (its time= directive, else --task-duration)",
     )
     batch.add_argument("--node-setup", help="shell command run once per node before the workers start, under a lock")
 

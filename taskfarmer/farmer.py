@@ -83,7 +83,8 @@ class FarmerOptions:
     max_failures: int | None = None
     gpus: tuple[str, ...] = ()
     log_mode: str = FILES
-    claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
+    work_end: float | None = None  # epoch seconds: when the allocation (or --timeout) ends; no task past it is claimed
+    claim_until: float | None = None  # epoch seconds after which no task is claimed (work_end - --task-duration)
     skip_existing: bool = False  # tasks whose declared outputs all exist are recorded as finished, not run
     forward_logs: bool = False  # workers send their log lines and task starts to the listener (a live view shows them)
 
@@ -308,6 +309,7 @@ class Farmer:
             environment=gpu_environment(self.options.gpus, slot),
             log_mode=self.options.log_mode,
             max_failures=self.options.max_failures,
+            work_end=self.options.work_end,
             claim_until=self.options.claim_until,
             skip_existing=self.options.skip_existing,
             forward_logs=self.options.forward_logs,

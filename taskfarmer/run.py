@@ -40,6 +40,7 @@ def run_tasklist(args: argparse.Namespace) -> int:
     prepared = prepare_workdir(args, preflight=True)
     store, runner, runner_object, handler = prepared.store, prepared.runner, prepared.runner_object, prepared.handler
     workdir = store.path
+    work_end = allocation.work_end(end_time=args.end_time, timeout=args.timeout, task_duration=args.task_duration)
     options = FarmerOptions(
         tasklist=args.tasklist.resolve(),
         processes=args.proc,
@@ -54,10 +55,8 @@ def run_tasklist(args: argparse.Namespace) -> int:
         gpus=_gpus(args.gpus),
         log_mode=args.logs,
         skip_existing=args.skip_existing,
-        claim_until=allocation.claim_deadline(
-            task_duration=args.task_duration,
-            end_time=allocation.parse_end_time(args.end_time) if args.end_time else None,
-        ),
+        work_end=work_end,
+        claim_until=work_end - args.task_duration if work_end is not None and args.task_duration else None,
     )
     if args.node_setup:
         allocation.run_node_setup(args.node_setup, workdir=workdir, log_dir=store.logs)
@@ -147,7 +146,7 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {ran} in {elapsed:.1f} s\n")
     if result.out_of_time and counts.toprocess:
         sys.stderr.write(
-            f"pytaskfarmer: the allocation ends before another task could finish (--task-duration):"
+            f"pytaskfarmer: the allocation (or --timeout) ends before another task could finish (--task-duration):"
             f" {plural(counts.toprocess, 'task')} left for the next job.\n"
         )
         return EXIT_STOPPED
@@ -162,7 +161,7 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     if result.unfit:
         sys.stderr.write(
             f"pytaskfarmer: {_unfit_words(result.unfit)} more cores, GPUs or time than this farmer has"
-            " (--proc, --gpus, the allocation's end): left for a farmer that has them.\n"
+            " (--proc, --gpus, the allocation's end or --timeout): left for a farmer that has them.\n"
         )
         return EXIT_STOPPED
     if counts.failed:

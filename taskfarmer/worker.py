@@ -81,7 +81,8 @@ class WorkerSpec:
     log_mode: str = FILES
     max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
     grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
-    claim_until: float | None = None  # epoch seconds after which no task is claimed (the allocation ends)
+    work_end: float | None = None  # epoch seconds: when the allocation (or --timeout) ends; no task past it is claimed
+    claim_until: float | None = None  # epoch seconds after which no task is claimed (work_end - --task-duration)
     skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
     forward_logs: bool = False  # log records and task starts go to the farmer (which shows them in its live view)
     forked: bool = False  # a fork of the farmer, not a new interpreter: what it inherited is let go first
@@ -254,8 +255,8 @@ class Worker:
             return True  # claimed, it fails with a clear status
         if not self._pool.fits(cores=directive.cores, gpus=directive.gpus):
             return False
-        until = self.spec.claim_until
-        return until is None or directive.duration is None or time.time() + directive.duration <= until
+        end = self.spec.work_end
+        return end is None or directive.duration is None or time.time() + directive.duration <= end
 
     def _give_back(self, *, returned: Task | None = None) -> int:
         self.store.exchange(self._slot_log, self.slot, want=0)

@@ -21,12 +21,43 @@ def test_no_task_is_claimed_that_cannot_finish_before_the_allocation_ends(tmp_pa
     end = time.time() + 4.0
     result = run_farmer(tasklist, "-n", "2", "--task-duration", "2", "--end-time", f"{end:.0f}")
     assert result.returncode == 3, result.stderr
-    assert "allocation ends before another task could finish" in result.stderr
+    assert "ends before another task could finish (--task-duration)" in result.stderr
     workdir = tmp_path / "t.txt_workdir"
     finished = ids(workdir / "finished")
     assert 2 <= len(finished) < 40
     assert len(finished) + len(ids(workdir / "toprocess")) == 40
     assert time.time() < end + 1.0, "a task ran past the end of the allocation"
+
+
+@pytest.mark.parametrize("limit", ["--end-time", "--timeout"])
+def test_a_task_whose_time_directive_outlasts_the_work_is_left_for_the_next_job(tmp_path: Path, limit: str) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["echo long #taskfarmer time=1h", "echo short #taskfarmer time=5s"])
+    value = f"{time.time() + 60:.0f}" if limit == "--end-time" else "60"
+    result = run_farmer(tasklist, "-n", "1", limit, value)  # no --task-duration: the directive is enough
+    assert result.returncode == 3, result.stderr
+    assert "the next task needs more cores, GPUs or time than this farmer has" in result.stderr
+    workdir = tmp_path / "t.txt_workdir"
+    assert ids(workdir / "finished") == [1]
+    assert ids(workdir / "toprocess") == [0]
+
+
+def test_a_time_directive_is_weighed_against_the_end_alone_not_also_against_task_duration(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["echo ran #taskfarmer time=30s"])
+    result = run_farmer(tasklist, "--end-time", f"{time.time() + 60:.0f}", "--task-duration", "40")
+    assert result.returncode == 0, result.stderr  # 30 s fit in the 60 s left, though 30 + 40 do not
+    assert ids(tmp_path / "t.txt_workdir" / "finished") == [0]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [("1", "is in the past"), ("tomorrow", "Cannot read the end time"), ("N/A", "is no time")]
+)
+def test_a_bad_end_time_is_refused_before_anything_is_made(tmp_path: Path, value: str, said: str) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
+    result = run_farmer(tasklist, "--end-time", value)
+    assert result.returncode == 2
+    assert said in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "t.txt_workdir").exists()
 
 
 def test_end_times_as_slurm_prints_them() -> None:
