@@ -95,6 +95,7 @@ class FarmerResult:
 
     stopped: StopReason | None = None
     drained: bool = False
+    drain_signalled: bool = False  # the drain came from SIGUSR2 (else from the drain file)
     out_of_time: bool = False
     ran: int = 0
     failed: int = 0
@@ -160,6 +161,7 @@ class Farmer:
         # No I/O here: the main loop notices within one tick.
         if signum == signal.SIGUSR2:
             self._flags.drain()
+            self.result.drain_signalled = True
             return
         if self.result.stopped is None:
             self.result.stopped = StopReason.SIGNAL
@@ -216,6 +218,8 @@ class Farmer:
             _LOGGER.warning("%s exists: finishing the running tasks, claiming no more", self.store.drain_file)
             self._flags.drain()
         if self._flags.draining and not self.record.draining:
+            if self.result.drain_signalled:
+                _LOGGER.warning("SIGUSR2: finishing the running tasks, claiming no more")
             self.record = replace(self.record, draining=True)
             self.store.update_farmer(self.record)  # says so in farmers/, for `taskfarmer status`
 

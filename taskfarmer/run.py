@@ -151,9 +151,11 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
         )
         return EXIT_STOPPED
     if result.drained and counts.toprocess:
+        why = "SIGUSR2" if result.drain_signalled else f"{store.drain_file} exists"
+        then = "Run" if result.drain_signalled else "Remove that file (taskfarmer drain --cancel) and run"
         sys.stderr.write(
-            f"pytaskfarmer: drained ({store.drain_file} exists): {plural(counts.toprocess, 'task')} left."
-            " Remove that file (taskfarmer drain --cancel) and run the same command again to go on.\n"
+            f"pytaskfarmer: drained ({why}): {plural(counts.toprocess, 'task')} left."
+            f" {then} the same command again to go on.\n"
         )
         return EXIT_STOPPED
     if result.stopped is not None:
@@ -174,12 +176,16 @@ def _stopped(store: WorkDir, result: FarmerResult, reason: StopReason) -> int:
     if reason is StopReason.STORE:
         sys.stderr.write(f"pytaskfarmer: {result.error}\n")
         return EXIT_BROKEN
+    if reason is StopReason.WORKERS_FAILING:
+        sys.stderr.write(
+            f"pytaskfarmer: stopped ({reason.value}, see above): their tasks are back in the queue. Fix what kills"
+            f" them (memory, the runner, the node), then run the same command again (work directory {store.path}).\n"
+        )
+        return EXIT_BROKEN
     sys.stderr.write(
         f"pytaskfarmer: stopped ({reason.value}): {plural(len(result.returned), 'running task')} went back to the"
         f" queue. Run the same command again to go on (work directory {store.path}).\n"
     )
-    if reason is StopReason.WORKERS_FAILING:
-        return EXIT_BROKEN
     return EXIT_INTERRUPTED if reason is StopReason.IMMEDIATE else EXIT_STOPPED
 
 

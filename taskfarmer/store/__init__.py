@@ -582,7 +582,12 @@ class WorkDir:
             if started is None or not farmer_died or task.lost + 1 < self.max_lost
         ]
         for task in returned:
-            _LOGGER.warning("task %d was held by %s, which is gone: back in the queue", task.taskid, view.farmer)
+            if farmer_died:
+                _LOGGER.warning(
+                    "task %d was held by farmer %s, which is gone: back in the queue", task.taskid, view.farmer
+                )
+            else:  # its farmer says so too, if it lives
+                _LOGGER.info("task %d of worker %d of %s is back in the queue", task.taskid, view.worker, view.farmer)
         return returned
 
     def _timeline_write(self, events: list[dict[str, object]]) -> WriteAt:

@@ -285,6 +285,8 @@ def test_workers_that_keep_dying_stop_the_farmer_with_its_own_status(tmp_path: P
     result = run_farmer(tasklist, "-r", "dying", "-n", "1", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 4, result.stderr
     assert "workers keep dying" in result.stderr
+    assert "Fix what kills them" in result.stderr  # status 4: something to mend before running again
+    assert "which is gone" not in result.stderr  # its own worker died, no other farmer
     assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1, 2]  # nothing lost
 
 

@@ -124,6 +124,10 @@ def test_sigusr2_drains_one_farmer(tmp_path: Path) -> None:
         wait_for(lambda: len(_running(workdir)) == 1, what="a task running")
         os.kill(farmer.pid, signal.SIGUSR2)
         assert farmer.wait(timeout=LONG) == 3
+        stderr = farmer.stderr.read() if farmer.stderr else ""
+    assert "SIGUSR2: finishing the running tasks, claiming no more" in stderr
+    assert "drained (SIGUSR2): 5 tasks left. Run the same command again to go on." in stderr
+    assert "drain exists" not in stderr  # no drain file was made: none to remove
     assert len(ids(workdir / "finished")) == 1
     assert len(ids(workdir / "toprocess")) == 5
 
