@@ -15,17 +15,15 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from taskfarmer import process
 from taskfarmer.errors import WorkDirError
 from taskfarmer.logs import FILES
-from taskfarmer.packing import ResourcePool
+from taskfarmer.packing import ResourcePool, pool_lock_path
 from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
 from taskfarmer.worker import (
     EXIT_DONE,
@@ -43,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
+    from pathlib import Path
     from types import FrameType
 
     from taskfarmer.config import Definition
@@ -130,7 +129,7 @@ class Farmer:
         self._context = multiprocessing.get_context("spawn")
         self._fork = multiprocessing.get_context("fork")
         self._flags = FarmFlags(self._context, workers=options.processes)
-        self._slots_lock = Path(tempfile.gettempdir()) / f"taskfarmer-{self.record.name}.slots"
+        self._slots_lock = pool_lock_path(self.record.name, host=self.record.holder.host)
         self._pool = ResourcePool(
             self._context,
             slots=options.processes,

@@ -13,16 +13,19 @@ before it are served first, so a large task is not starved by a stream of small 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import glob
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.context import BaseContext
-    from pathlib import Path
 
 _POLL: Final = 0.02
 
@@ -96,6 +99,30 @@ class ResourcePool:
                 cores += self._needs[2 * other]
                 gpus += self._needs[2 * other + 1]
         return cores, gpus
+
+
+def pool_lock_path(farmer: str, *, host: str) -> Path:
+    """:param farmer: the farmer's name, ``HOST.PID.TOKEN``
+    :returns: the node-local file whose ``flock`` guards the pool of *farmer*. The farmer removes it when it ends;
+        one that was killed leaves it, so those of this host's dead farmers are removed here.
+    """
+    directory = Path(tempfile.gettempdir())
+    for path in directory.glob(f"taskfarmer-{glob.escape(host)}.*.slots"):
+        pid, _, _ = path.name.removeprefix(f"taskfarmer-{host}.").partition(".")
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):  # removed meanwhile, or another user's
+                path.unlink()
+    return directory / f"taskfarmer-{farmer}.slots"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 class _Locked:

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -198,6 +199,31 @@ def test_pkill_of_the_farmers_command_line_spares_its_workers_which_end_their_ta
         wait_for(lambda: not processes_with_env("TF_TEST_MARK", marker), what="the tasks to end")
         wait_for(lambda: len(ids(workdir / "toprocess")) == 4, what="the tasks back in the queue")
         assert not WorkDir(workdir).running_tasks()
+
+
+@pytest.mark.timeout(60)
+def test_the_pool_lock_file_of_a_killed_farmer_is_removed_by_the_next_on_its_host(tmp_path: Path) -> None:
+    # Each farmer guards its core slots with a flock on a node-local file, removed when it ends; kill -9 leaves it.
+    host = f"poolhost{uuid.uuid4().hex[:8]}"
+    pool_files = lambda: sorted(Path(tempfile.gettempdir()).glob(f"taskfarmer-{host}.*.slots"))  # noqa: E731
+    busy = write_tasklist(tmp_path / "busy.txt", ["sleep 30"] * 4)
+    killed, alive = (start_farmer(busy, "-n", "1", env={"SLURMD_NODENAME": host}) for _ in range(2))
+    with cleanup(killed, alive):
+        wait_for(lambda: len(pool_files()) == 2, what="two pool files")
+        killed_file = next(path for path in pool_files() if f".{killed.pid}." in path.name)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=LONG)
+        assert killed_file.exists()  # the kill left it
+        quick = write_tasklist(tmp_path / "quick.txt", ["true"])
+        assert run_farmer(quick, env={"SLURMD_NODENAME": host}).returncode == 0
+        assert [path.name for path in pool_files()] == [f"taskfarmer-{_farmer_name(alive.pid, busy)}.slots"]
+    assert not pool_files()  # the last ended as it should: it removed its own
+
+
+def _farmer_name(pid: int, tasklist: Path) -> str:
+    workdir = tasklist.parent / f"{tasklist.name}_workdir"
+    (name,) = [path.name for path in (workdir / "farmers").iterdir() if f".{pid}." in path.name]
+    return name
 
 
 @pytest.mark.timeout(60)
