@@ -14,7 +14,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from taskfarmer.words import format_duration, plural
+from taskfarmer.words import format_duration, plural, printable
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -104,7 +104,7 @@ class Display:
         """
         kind = event[0]
         if kind == "start":
-            self._running[event[1]] = (event[2], event[3], time.monotonic())
+            self._running[event[1]] = (event[2], printable(event[3]), time.monotonic())
         elif kind in {"end", "retry", "returned"}:
             self._running.pop(event[1], None)
             if kind == "end" and event[3] != "ok":
@@ -174,7 +174,7 @@ class Display:
             table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60 if column == "command" else None)
         now = time.monotonic()
         for worker, (task, command, started) in sorted(self._running.items())[:_RUNNING_SHOWN]:
-            table.add_row(str(worker), str(task), format_duration(now - started), command)
+            table.add_row(str(worker), str(task), format_duration(now - started), Text(command))  # no markup
         parts: list[Any] = [self._progress, table]
         if self._failures:
             parts.append(Text("last failures:\n" + "\n".join(self._failures), style="red", no_wrap=True))

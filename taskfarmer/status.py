@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 from taskfarmer import jobs
 from taskfarmer.campaign import Campaign, CampaignError
 from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, UNREADABLE, heartbeat_interval
-from taskfarmer.words import format_duration, plural
+from taskfarmer.words import format_duration, plural, printable
 
 if TYPE_CHECKING:
     from taskfarmer.store import SlotView, WorkDir
@@ -295,7 +295,7 @@ def format_text(report: StatusReport) -> str:
 
 def cut(command: object, width: int = 60) -> str:
     """:returns: *command* on at most *width* characters, an ellipsis saying when it was cut"""
-    text = str(command)
+    text = printable(str(command))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -194,7 +194,7 @@ def render(store: WorkDir, shot: Snapshot) -> Group:
     for host, row in shot.hosts.items():
         farmers = collections.Counter(row.farmers)
         hosts.add_row(
-            host,
+            Text(host),
             ", ".join(f"{n} {state}" for state, n in sorted(farmers.items())) or "-",
             str(row.workers),
             str(row.running),

@@ -1,6 +1,8 @@
-"""How counts and durations are said to the user: ``1 task``, ``2 tasks``, ``3m05s``."""
+r"""How counts, durations and commands are said to the user: ``1 task``, ``2 tasks``, ``3m05s``, ``a\x00b``."""
 
 from __future__ import annotations
+
+from typing import Final
 
 
 def plural(count: int, noun: str) -> str:
@@ -15,3 +17,13 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def printable(text: str) -> str:
+    r""":returns: *text* with its control characters (NUL, escape sequences...; tabs stay) written as ``\xNN``: a
+    terminal shows it as it is, and a file of such lines stays text for ``grep``
+    """
+    return text.translate(_CONTROLS)
+
+
+_CONTROLS: Final = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))}

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import gc
 import os
+import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -270,3 +275,29 @@ def serve_and_wait(served: Path, waiting: Path) -> tuple[subprocess.CompletedPro
             waiter.communicate()
     assert waiter.returncode == 0, waited
     return server, waited
+
+
+def in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes]:
+    """Run *argv* in a pseudo-terminal of 120 x 40. :returns: its exit status and everything it drew"""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, start_new_session=True)
+    os.close(terminal)
+    screen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    status = proc.wait(timeout=LONG)
+    reader.join(timeout=LONG)
+    os.close(controller)
+    return status, bytes(screen)

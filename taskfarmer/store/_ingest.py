@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Final
 
 from taskfarmer.errors import TaskListError
+from taskfarmer.words import printable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -265,7 +266,7 @@ def _forward(
             pending += len(entry) + 1
             out.tasks += 1
         elif reason:
-            preview = line[:_PREVIEW].decode(errors="backslashreplace").strip()
+            preview = printable(line[:_PREVIEW].decode(errors="backslashreplace").strip())
             files.rejects.write(b"%d %s %s\n" % (taskid, reason.encode(), preview.encode()))
             if len(out.invalid) < INVALID_KEPT:  # memory must not grow with a list of bad lines
                 out.invalid.append(Invalid(taskid, reason, preview, out.next_line))

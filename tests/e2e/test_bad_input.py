@@ -275,6 +275,22 @@ def test_non_utf8_and_megabyte_lines_do_not_stop_the_other_tasks(tmp_path: Path)
     assert run_farmer(tasklist).returncode == 1  # a rerun neither reruns nor re-reports them
 
 
+def test_control_characters_of_a_line_are_shown_escaped_and_failed_stays_text(tmp_path: Path) -> None:
+    tasklist = tmp_path / "t.txt"
+    tasklist.write_bytes(b"echo nul\0here\nexit 3 # \x1b[2J cleared\n")
+    assert run_farmer(tasklist).returncode == 1
+    workdir = tmp_path / "t.txt_workdir"
+    failed = (workdir / "failed").read_bytes()
+    assert b"0 invalid:nul-byte echo nul\\x00here\n" in failed  # its preview: grep reads failed as text
+    assert b"1 exit:3 exit 3 # \x1b[2J cleared\n" in failed  # a command that ran is kept as it is (to run again)
+    status = subprocess.run(
+        [sys.executable, "-m", "taskfarmer", "status", str(workdir)], capture_output=True, text=True, check=True
+    )
+    assert "exit 3 # \\x1b[2J cleared" in status.stdout
+    assert "\x1b" not in status.stdout  # a terminal is not cleared by status
+    assert "\0" not in status.stdout
+
+
 def test_farmers_that_would_lock_different_files_are_refused(tmp_path: Path) -> None:
     tasklist = write_tasklist(tmp_path / "t.txt", ["true"])
     assert run_farmer(tasklist).returncode == 0  # no $SCRATCH: the lock is in the work directory

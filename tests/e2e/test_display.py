@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import LONG, cleanup, farmer_argv, run_farmer, start_farmer, wait_for, write_tasklist
+from tests.helpers import (
+    LONG,
+    cleanup,
+    farmer_argv,
+    in_a_terminal,
+    run_farmer,
+    start_farmer,
+    wait_for,
+    write_tasklist,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,3 +95,12 @@ def test_on_a_terminal_logs_go_above_the_view_and_a_first_ctrl_c_says_what_happe
     text = screen.decode(errors="replace")
     assert "stopping: 2 running tasks get SIGTERM, SIGKILL after 1.0 s; Ctrl-C again to kill them now" in text
     assert "worker 0: task" in text  # a worker's -v line, drawn by the farmer above its view
+
+
+def test_the_live_view_draws_commands_as_they_are_not_as_markup_or_terminal_controls(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 2 # [/] [bold]not bold \x1b[2J"])
+    status, screen = in_a_terminal(farmer_argv(tasklist, "-n", "1"), tmp_path)
+    text = screen.decode(errors="replace")
+    assert status == 0, text
+    assert "[/] [bold]not bold \\x1b[2J" in text  # as markup, "[/]" with nothing to close raised in the view
+    assert "\x1b[2J" not in text  # the task's command did not clear the screen

@@ -3,53 +3,21 @@
 from __future__ import annotations
 
 import collections
-import fcntl
-import os
-import pty
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import termios
-import threading
 from pathlib import Path
 
 import pytest
 
 from taskfarmer.store import WorkDir
 from taskfarmer.watch import Watcher
-from tests.helpers import LONG, cleanup, ids, run_farmer, start_farmer, wait_for, write_tasklist
+from tests.helpers import LONG, cleanup, ids, in_a_terminal, run_farmer, start_farmer, wait_for, write_tasklist
 
 pytestmark = pytest.mark.timeout(120)
 
 TASKFARMER = str(Path(sys.executable).parent / "taskfarmer")
-
-
-def _in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes]:
-    """Run *argv* in a pseudo-terminal of 120 x 40. :returns: its exit status and everything it drew"""
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, start_new_session=True)
-    os.close(terminal)
-    screen = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            screen.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    status = proc.wait(timeout=LONG)
-    reader.join(timeout=LONG)
-    os.close(controller)
-    return status, bytes(screen)
 
 
 def test_the_live_view_shows_counts_hosts_and_failures_and_restores_the_terminal(tmp_path: Path) -> None:
@@ -59,7 +27,7 @@ def test_the_live_view_shows_counts_hosts_and_failures_and_restores_the_terminal
     with cleanup(farmer):
         wait_for(lambda: started.exists() and len(started.read_text()) >= 3, what="3 tasks running")
         wait_for(lambda: ids(tmp_path / "t.txt_workdir" / "failed") == [0], what="the failure written")
-        status, screen = _in_a_terminal(
+        status, screen = in_a_terminal(
             [TASKFARMER, "status", "--watch", "--interval", "0.5", "--count", "3", "t.txt"], tmp_path
         )
     assert status == 0

@@ -205,7 +205,10 @@ def test_pkill_of_the_farmers_command_line_spares_its_workers_which_end_their_ta
 def test_the_pool_lock_file_of_a_killed_farmer_is_removed_by_the_next_on_its_host(tmp_path: Path) -> None:
     # Each farmer guards its core slots with a flock on a node-local file, removed when it ends; kill -9 leaves it.
     host = f"poolhost{uuid.uuid4().hex[:8]}"
-    pool_files = lambda: sorted(Path(tempfile.gettempdir()).glob(f"taskfarmer-{host}.*.slots"))  # noqa: E731
+
+    def pool_files() -> list[Path]:
+        return sorted(Path(tempfile.gettempdir()).glob(f"taskfarmer-{host}.*.slots"))
+
     busy = write_tasklist(tmp_path / "busy.txt", ["sleep 30"] * 4)
     killed, alive = (start_farmer(busy, "-n", "1", env={"SLURMD_NODENAME": host}) for _ in range(2))
     with cleanup(killed, alive):
