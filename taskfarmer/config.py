@@ -297,9 +297,10 @@ def tasklist_catalog() -> Catalog:
     return load_catalog(_kinds()[1], [home() / "tasklists.d", Path.cwd()])
 
 
-def build_runner(definition: Definition) -> tuple[Any, dict[str, str]]:
+def build_runner(definition: Definition, *, grace: float | None = None) -> tuple[Any, dict[str, str]]:
     """Create a runner; ``variables`` works for every runner, also those whose constructor does not take it.
 
+    :param grace: the farmer's ``--grace``, for a runner whose definition sets no ``grace`` of its own
     :returns: the runner, and the variables the worker must put in the environment itself
     :raises ConfigError: as :func:`build`
     """
@@ -316,7 +317,7 @@ def build_runner(definition: Definition) -> tuple[Any, dict[str, str]]:
     runner = build(
         Definition(definition.name, definition.kind, definition.class_name, options, definition.source),
         base=Runner,
-        extra={"name": definition.name},
+        extra={"name": definition.name, **({"grace": grace} if grace is not None and "grace" not in options else {})},
     )
     return runner, variables
 

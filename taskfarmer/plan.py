@@ -43,11 +43,13 @@ class Planner:
     """Prepares the tasks of one worker.
 
     :param runner: the farm's runner (``-r``) and its variables, for tasks whose directive names none
+    :param grace: the farmer's ``--grace``, for the runners that directives name
     """
 
-    def __init__(self, runner: tuple[Runner, Mapping[str, str]], *, default_name: str) -> None:
+    def __init__(self, runner: tuple[Runner, Mapping[str, str]], *, default_name: str, grace: float) -> None:
         self._runners: dict[str, tuple[Runner, Mapping[str, str]]] = {default_name: runner}
         self._default = default_name
+        self._grace = grace
 
     def plan(self, task: Task) -> TaskPlan:
         """:returns: how to run *task*
@@ -64,7 +66,7 @@ class Planner:
 
     def _runner(self, name: str) -> tuple[Runner, Mapping[str, str]]:
         if name not in self._runners:
-            self._runners[name] = config.build_runner(config.runner_catalog().get(name))
+            self._runners[name] = config.build_runner(config.runner_catalog().get(name), grace=self._grace)
         return self._runners[name]
 
 

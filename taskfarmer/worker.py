@@ -80,7 +80,7 @@ class WorkerSpec:
     environment: tuple[tuple[str, str], ...] = ()  # for this slot only (GPU binding)
     log_mode: str = FILES
     max_failures: int | None = None  # the farm's failed tasks after which no worker claims another
-    grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL for what a task leaves behind
+    grace: float = process.DEFAULT_GRACE  # between SIGTERM and SIGKILL of a task (unless its runner sets its own)
     work_end: float | None = None  # epoch seconds: when the allocation (or --timeout) ends; no task past it is claimed
     claim_until: float | None = None  # epoch seconds after which no task is claimed (work_end - --task-duration)
     skip_existing: bool = False  # a task whose declared outputs all exist is recorded as finished, not run
@@ -169,8 +169,8 @@ class Worker:
         self._events = events
         self._local_stop = threading.Event()
         self.store = WorkDir(Path(spec.workdir), lock_path=Path(spec.lock_path))
-        self.runner, self.variables = config.build_runner(spec.runner)
-        self._planner = Planner((self.runner, self.variables), default_name=spec.runner.name)
+        self.runner, self.variables = config.build_runner(spec.runner, grace=spec.grace)
+        self._planner = Planner((self.runner, self.variables), default_name=spec.runner.name, grace=spec.grace)
         self.handler = config.build_tasklist(spec.handler)
         # Who runs the tasks (farmer, worker, host): what the records of each attempt name, whatever the task.
         self.slot = SlotRecord(-1, "", spec.farmer, spec.worker, Holder.this_process(), 0.0)

@@ -93,7 +93,8 @@ class CommandRunner(Runner):
     :param variables: environment variables for the tasks (already parsed from ``KEY=VALUE`` lines or a ``.env``)
     :param tempdir: run each task in a new temporary directory, removed afterwards: ``true`` (under ``$TMPDIR``),
         a directory to create it in, or ``false`` (run in the farmer's directory)
-    :param grace: seconds between SIGTERM and SIGKILL when a task is stopped
+    :param grace: seconds between SIGTERM and SIGKILL when a task is stopped (the farmer gives its ``--grace``
+        unless the runner's definition sets one)
     :param shell: the shell that interprets the task line
     :param name: the runner's name (its INI section), for messages; the farmer gives it
     """

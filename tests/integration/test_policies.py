@@ -37,6 +37,15 @@ def test_a_task_past_its_timeout_is_killed_with_its_tree_and_fails(tmp_path: Pat
     assert 1.0 <= float(timed_out["seconds"]) < 10
 
 
+def test_the_farmers_grace_is_the_time_a_task_past_its_timeout_gets_after_sigterm(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["trap '' TERM; sleep 60 & wait"])
+    result = run_farmer(tasklist, "--task-timeout", "1", "--grace", "0.5")
+    assert result.returncode == 1, result.stderr
+    (row,) = _accounting(tmp_path / "t.txt_workdir")
+    assert row["status"] == "timeout"
+    assert float(row["seconds"]) < 4  # 1 s, then SIGKILL 0.5 s after SIGTERM (the runner's 5 s default took over)
+
+
 def test_a_task_over_its_memory_limit_is_killed_and_fails(tmp_path: Path) -> None:
     hog = f"{PY} -c 'import time; x = bytearray(400 << 20); x[::4096] = b\"1\" * len(x[::4096]); time.sleep(60)'"
     tasklist = write_tasklist(tmp_path / "t.txt", [hog, "echo small"])

@@ -116,6 +116,21 @@ def test_tasks_get_sigterm_first_then_sigkill_after_the_grace(tmp_path: Path) ->
     assert sorted(ids(tmp_path / "t.txt_workdir" / "toprocess")) == [0, 1]
 
 
+def test_a_stopped_task_that_ignores_sigterm_is_killed_after_the_farmers_grace(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"trap '' TERM; echo ready >> {log}; sleep 60 & wait"])
+    farmer = start_farmer(tasklist, "--grace", "0.5")
+    with cleanup(farmer):
+        wait_for(lambda: lines(log) == ["ready"], what="the task ready")
+        sent = time.monotonic()
+        os.kill(farmer.pid, signal.SIGTERM)
+        _, stderr = farmer.communicate(timeout=LONG)
+        took = time.monotonic() - sent
+    assert farmer.returncode == 3, stderr
+    assert "SIGKILL after 0.5 s" in stderr
+    assert took < 4, f"the stop took {took:.1f} s"  # the runner's own 5 s default took over the --grace given
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     log = tmp_path / "log"
