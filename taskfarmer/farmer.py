@@ -138,6 +138,7 @@ class Farmer:
             lock=self._slots_lock,
         )
         self._unfit = 0  # what the last workers to claim found they could not run
+        self._idle_beats: dict[str, float] | None = None  # other hosts' holders' heartbeats when work ran out
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -236,14 +237,24 @@ class Farmer:
             self.result.unfit = self._unfit
             return False
         if self.store.toprocess.stat().st_size > 0:
+            self._idle_beats = None
             for slot in range(self.options.processes):
                 self._start_worker(slot)
             return True
-        if self.store.stale_holders(me=self.record.name):
-            # Another host's farmer stopped heartbeating; once its lease expires its tasks come back here.
+        if self._unproven_holders():
             self._drain_events(_IDLE_POLL)
             return True
         return False
+
+    def _unproven_holders(self) -> list[str]:
+        """:returns: the farmers of other hosts that hold tasks and have not heartbeaten since this one ran out of
+        work. One that crashed stops heartbeating, and its tasks come back when its lease expires: leaving before
+        would leave them to no one. Once each has heartbeaten, it is alive: this farmer may go.
+        """
+        beats = self.store.remote_holders(me=self.record.name)
+        if self._idle_beats is None:
+            self._idle_beats = beats
+        return [name for name, beat in beats.items() if self._idle_beats.get(name) == beat]
 
     def _store_failed(self, message: str, *, mark: bool = True) -> None:
         if self.result.stopped is not StopReason.STORE:

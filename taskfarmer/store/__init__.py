@@ -798,16 +798,18 @@ class WorkDir:
             return True  # its farmer unregistered or was recovered: nobody heartbeats for it
         return self._farmer_dead(*farmer)
 
-    def stale_holders(self, *, me: str) -> list[str]:
-        """:returns: other farmers holding tasks whose heartbeat is late but whose lease has not expired yet"""
-        stale = []
+    def remote_holders(self, *, me: str) -> dict[str, float]:
+        """:returns: the farmers of other hosts that hold tasks and whose lease has not expired, with the time of
+        their last heartbeat (as their filesystem's clock says: compare it only with another of its readings)
+        """
+        holders = {}
         for name, (record, age) in self.read_farmers().items():
-            if name == me or record.holder.is_local():
-                continue
-            late = age > max(2 * heartbeat_interval(record.lease), 1.0)
-            if late and age <= record.lease and any(_slots.read(p) for p in self._slot_files(name)):
-                stale.append(name)
-        return stale
+            if name == me or record.holder.is_local() or age > record.lease:
+                continue  # this host's farmers are checked by PID; an expired lease, by recover_dead
+            if any(_slots.read(path) for path in self._slot_files(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    holders[name] = (self.farmers / name).stat().st_mtime
+        return holders
 
     # -- reading ----------------------------------------------------------------------------------------------------
 

@@ -127,3 +127,42 @@ def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: P
     assert {task for task, n in counts.items() if n > 1} <= set(lost), f"only nodeA's tasks ran again: {counts}"
     reruns = {(int(task), host, int(attempt)) for task, host, attempt in runs if int(task) in lost and attempt != "1"}
     assert reruns == {(task, "nodeB", 2) for task in lost}, stdout
+
+
+def test_a_farmer_out_of_work_waits_for_a_silent_holder_of_tasks_until_its_lease_ends(
+    tmp_path: Path, uts_prefix: list[str]
+) -> None:
+    # nodeA holds the last tasks and dies; nodeB, started just after with nothing left in the queue, must not leave
+    # them to no one: it waits, as nodeA's heartbeat has not come since it ran out of work, and runs them.
+    tasklist = write_tasklist(tmp_path / "tasks.txt", [f"sleep {TASK_SECONDS}"] * 2)
+    workdir = tmp_path / "workdir"
+    marker = f"uts-{os.getpid()}-{tmp_path.name}"
+    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
+    with cleanup(doomed):
+        wait_for(lambda: len(_held_by(workdir, "nodeA")) == 2, what="nodeA to run both tasks")
+        freeze_then_kill(lambda: processes_with_env("TF_TEST_MARK", f"{marker}-A"))
+        doomed.wait(timeout=LONG)
+    late = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+    with cleanup(late):
+        _, stderr = late.communicate(timeout=LONG + LEASE)
+    assert late.returncode == 0, stderr
+    assert sorted(ids(workdir / "finished")) == [0, 1], stderr  # it left at once with "2 still running" before
+
+
+def test_a_farmer_out_of_work_leaves_once_the_holder_of_the_last_tasks_heartbeats(
+    tmp_path: Path, uts_prefix: list[str]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "tasks.txt", ["sleep 60"] * 2)
+    workdir = tmp_path / "workdir"
+    marker = f"uts-{os.getpid()}-{tmp_path.name}"
+    busy = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
+    with cleanup(busy):
+        wait_for(lambda: len(_held_by(workdir, "nodeA")) == 2, what="nodeA to run both tasks")
+        idle = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+        with cleanup(idle):
+            started = time.monotonic()
+            _, stderr = idle.communicate(timeout=LONG + LEASE)
+            waited = time.monotonic() - started
+        assert idle.returncode == 0, stderr
+        assert "2 still running or claimed in other farmers" in stderr
+        assert waited < LEASE, f"it waited {waited:.1f} s for a farmer that heartbeats every {LEASE / 10} s"

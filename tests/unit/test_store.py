@@ -216,11 +216,15 @@ def test_a_remote_farmer_whose_file_cannot_be_read_keeps_its_tasks(tmp_path: Pat
     assert [t.taskid for t in returned] == ([] if farmer_file == "damaged" else [tasks[0].taskid])
 
 
-def test_a_late_remote_farmer_is_reported_stale_before_its_lease_ends(tmp_path: Path) -> None:
+def test_remote_holders_are_listed_with_their_heartbeat_until_their_lease_ends(tmp_path: Path) -> None:
     store, farmer, _ = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=30.0)
+    assert store.remote_holders(me=farmer.name) == {}  # it holds no task yet
     assert _claim(store, remote_slot)[1]
-    assert store.stale_holders(me=farmer.name) == [remote_slot.farmer]
+    beat = (store.farmers / remote_slot.farmer).stat().st_mtime
+    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: beat}
+    os.utime(store.farmers / remote_slot.farmer, (beat - 40, beat - 40))  # 70 s: past its lease
+    assert store.remote_holders(me=farmer.name) == {}  # recover_dead's to give back
 
 
 def test_lock_goes_to_scratch_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
