@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -539,7 +539,8 @@ class WorkDir:
         for task, started in view.back_to_queue():
             if started is not None and not view.accounted(started):
                 identity = SlotRecord(task.taskid, task.command, view.farmer, view.worker, view.holder, started.at)
-                account, event = interrupted(identity, task, started, status=status)
+                cut_short = replace(started, log=self._span_to_stream_end(started.log))
+                account, event = interrupted(identity, task, cut_short, status=status)
                 lines[self.accounting.name] += account
                 events.append(event)
             if taken:
@@ -556,6 +557,20 @@ class WorkDir:
         if back:
             actions.append(WriteAt(self.toprocess.name, sizes[self.toprocess.name], back))
         return actions
+
+    def _span_to_stream_end(self, log: str) -> str:
+        """:returns: *log*, or if it is the span in a stream that its worker had no time to measure (``@OFFSET+0``:
+        it died), the span from its start to the stream's end: what the attempt printed before it was cut short
+        """
+        name, at, span = log.partition("@")
+        offset, _, length = span.partition("+")
+        if not at or length != "0" or not offset.isdigit():
+            return log
+        try:
+            size = (self.path / name).stat().st_size
+        except OSError:
+            return log
+        return f"{name}@{offset}+{max(size - int(offset), 0)}"
 
     def _give_back_slot(
         self, path: Path, *, status: str, maybe_alive: bool = False, farmer_died: bool = False

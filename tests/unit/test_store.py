@@ -165,6 +165,23 @@ def test_a_dead_local_workers_batch_is_settled_what_ended_is_kept_the_rest_comes
     assert [t.taskid for t in live] == [3]
 
 
+def test_a_dead_workers_attempt_in_a_stream_is_accounted_with_what_it_printed(tmp_path: Path) -> None:
+    # In stream mode a worker records its attempt's span at the end: one that died records none (+0). Its stream has
+    # no other writer once it is dead, so the attempt printed what lies from its start to the stream's end.
+    store, farmer, slot = _store(tmp_path, count=2)
+    dead = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
+    stream = store.logs / "stream.dead.1"
+    stream.write_bytes(b"task 0 said this\n")
+    log, _ = _claim(store, dead, want=2)
+    log.start(0, attempt=1, log="logs/stream.dead.1@17+0")  # it died running this one
+    log.close()
+    with stream.open("ab") as output:
+        output.write(b"line 1\nline 2\n")
+    store.recover_dead(me=farmer.name)
+    rows = [line.split("\t") for line in store.accounting.read_text().splitlines()[1:]]
+    assert [(row[2], row[-1]) for row in rows] == [("lost", "logs/stream.dead.1@17+14")]
+
+
 def test_a_slot_file_of_the_previous_version_is_recovered(tmp_path: Path) -> None:
     store, farmer, slot = _store(tmp_path)
     dead = replace(slot, worker=1, holder=replace(slot.holder, pid=_dead_pid()))
