@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -157,6 +158,19 @@ class _EnvironCopy:
 _ENVIRON: Final = _EnvironCopy({}, {})
 
 
+# What a worker ignores (Python: SIGPIPE, SIGXFSZ; the worker: the farmer's signals) a task would inherit ignored:
+# `yes | head` would get EPIPE instead of dying of SIGPIPE, a trap on INT or USR1 would never fire. A task starts
+# with them as a shell would start it.
+_RESET_SIGNALS: Final = (
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
 def start(
     argv: list[str], *, cwd: str | None, env: Mapping[str, str], output: IO[bytes] | IO[str] | int
 ) -> TaskProcess:
@@ -179,8 +193,11 @@ def start(
     program = find_program(argv[0], env)
     if program is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    spawn = functools.partial(
+        os.posix_spawn, file_actions=actions, setsid=True, setsigdef=_RESET_SIGNALS, setsigmask=()
+    )
     try:
-        return TaskProcess(os.posix_spawn(program, argv, env, file_actions=actions, setsid=True))
+        return TaskProcess(spawn(program, argv, env))
     except OSError:
         if program == argv[0]:
             raise
@@ -188,7 +205,7 @@ def start(
         found = find_program(argv[0], env)
         if found is None or found == program:
             raise
-        return TaskProcess(os.posix_spawn(found, argv, env, file_actions=actions, setsid=True))
+        return TaskProcess(spawn(found, argv, env))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ LINES = [
     "echo 'quoted  spaces'",
     "echo a\\ b",
     "echo ~ | grep -c /",
+    "yes | head -1; echo ${PIPESTATUS[@]}",  # yes dies of SIGPIPE (141), as SIGPIPE is not ignored
 ]
 
 

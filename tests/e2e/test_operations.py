@@ -556,3 +556,14 @@ def test_cancelling_no_drain_says_so(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["drain", str(tasklist)]) == 0
     assert main(["drain", "--cancel", str(tasklist)]) == 0
     assert "removed " in capsys.readouterr().out
+
+
+def test_a_task_starts_with_no_signal_ignored_or_blocked_that_its_worker_ignores(tmp_path: Path) -> None:
+    # A worker ignores the farmer's signals, and Python ignores SIGPIPE and SIGXFSZ: a task must not inherit that.
+    tasklist = write_tasklist(tmp_path / "t.txt", ["grep -E '^Sig(Ign|Blk):' /proc/self/status"])
+    assert run_farmer(tasklist, "--logs", "files").returncode == 0
+    masks = dict(line.split(":\t") for line in lines(tmp_path / "t.txt_workdir" / "logs" / "log_0"))
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        bit = 1 << (signum - 1)
+        assert not int(masks["SigIgn"], 16) & bit, f"{signum.name} ignored"
+        assert not int(masks["SigBlk"], 16) & bit, f"{signum.name} blocked"
