@@ -150,11 +150,14 @@ class Farmer:
     # -- signals ----------------------------------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGINT, SIGTERM and SIGUSR1 stop the farmer cleanly; a second SIGINT stops it at once.
+        """SIGINT, SIGTERM, SIGUSR1 and SIGHUP (its terminal closed) stop the farmer cleanly; a second SIGINT stops
+        it at once. A SIGHUP ignored when the farmer started (``nohup``) stays ignored.
 
         The previous handlers come back when :meth:`run` returns.
         """
         for signum in FARMER_SIGNALS:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:

@@ -9,6 +9,7 @@ keep Python's streams and stop quietly instead (exit status 141, see ``cli``).
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -47,8 +48,10 @@ class _ReaderGone(io.RawIOBase):
         if not self.gone:
             try:
                 return os.write(self._fd, data)
-            except BrokenPipeError:
-                self.gone = True
+            except OSError as exc:
+                if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EIO:
+                    raise
+                self.gone = True  # a pipe without reader, or a terminal closed (EIO)
         return memoryview(data).nbytes
 
 

@@ -51,7 +51,7 @@ _STOP_SIGNAL_WAIT: Final = 0.5
 FARMER_VARIABLE: Final = "TASKFARMER_FARMER"
 WORKER_NAME: Final = "taskfarmer-w"  # how a worker process shows in ps and top: taskfarmer-w0, taskfarmer-w1...
 # The signals a farmer handles (stop, drain): blocked while it starts a worker, which sets its own handlers first.
-FARMER_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2})
+FARMER_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP})
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ def worker_main(spec: WorkerSpec, flags: FarmFlags, pool: ResourcePool, events: 
     if spec.forward_logs:  # the farmer draws a live view on the terminal: its lines go above it, not through it
         logging.getLogger().handlers = [_ForwardedLogs(events, spec.worker)]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the farmer decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # so does a closed terminal
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     process.become_subreaper()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import textwrap
 import time
 import uuid
@@ -18,6 +19,7 @@ from taskfarmer.store import WorkDir
 from tests.helpers import (
     LONG,
     cleanup,
+    farmer_argv,
     ids,
     lines,
     processes_with_env,
@@ -28,7 +30,6 @@ from tests.helpers import (
 )
 
 if TYPE_CHECKING:
-    import subprocess
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,11 +80,30 @@ def test_a_signal_to_the_farmer_stops_it_cleanly(tmp_path: Path, signum: signal.
         _assert_stopped_cleanly(farmer, marker, workdir)
 
 
-def test_ctrl_c_at_a_terminal_reaches_the_whole_process_group(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_ctrl_c_or_a_closed_terminal_reaches_the_whole_process_group(tmp_path: Path, signum: signal.Signals) -> None:
     farmer, marker, workdir = _start_busy_farm(tmp_path)
     with cleanup(farmer):
-        os.killpg(farmer.pid, signal.SIGINT)  # what the terminal does: farmer and workers (tasks have own sessions)
-        _assert_stopped_cleanly(farmer, marker, workdir)
+        os.killpg(farmer.pid, signum)  # what the terminal does: farmer and workers (tasks have own sessions)
+        _assert_stopped_cleanly(farmer, marker, workdir)  # SIGHUP killed the farmer outright (status 129)
+
+
+def test_a_farmer_started_with_nohup_keeps_running_when_its_terminal_closes(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 1"] * 4)
+    farmer = subprocess.Popen(
+        ["nohup", *farmer_argv(tasklist, "-n", "2")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    workdir = tmp_path / "t.txt_workdir"
+    with cleanup(farmer):
+        wait_for(lambda: _running(workdir) == 2, what="two tasks running")
+        os.killpg(farmer.pid, signal.SIGHUP)
+        _, stderr = farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 0, stderr
+    assert sorted(ids(workdir / "finished")) == [0, 1, 2, 3]
 
 
 def test_global_timeout_stops_cleanly(tmp_path: Path) -> None:
