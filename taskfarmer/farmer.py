@@ -103,6 +103,7 @@ class FarmerResult:
     recovered: list[int] = field(default_factory=list)  # tasks of dead farmers it put back in the queue
     error: str = ""  # why the work directory could not be used (StopReason.STORE)
     unfit: int = 0  # tasks left on top of the queue that need more cores, GPUs or time than this farmer has
+    tasklist_error: str = ""  # why lines added to the tasklist while it ran were not taken in
 
 
 class Farmer:
@@ -306,6 +307,8 @@ class Farmer:
             self.result.returned.append(event[2])
         elif event[0] == "unfit":
             self._unfit = max(self._unfit, int(event[3]))
+        elif event[0] == "tasklist":
+            self.result.tasklist_error = event[3]
         elif event[0] == "error":
             self._store_failed(event[3])
 

@@ -16,6 +16,7 @@ from taskfarmer.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_STOPPED,
+    EXIT_USAGE,
     check_tasklist_has_tasks,
 )
 from taskfarmer.display import Display
@@ -146,6 +147,20 @@ def _summarize(store: WorkDir, result: FarmerResult, elapsed: float) -> int:
     counts = store.counts()
     ran = plural(result.ran, "task")
     sys.stderr.write(f"pytaskfarmer: {_state_line(counts)}; this farmer ran {ran} in {elapsed:.1f} s\n")
+    status = _outcome(store, result, counts)
+    if not result.tasklist_error:
+        return status
+    sys.stderr.write(
+        f"pytaskfarmer: lines added to the tasklist while it ran were not taken in: {result.tasklist_error}\n"
+    )
+    return EXIT_USAGE if status in (EXIT_OK, EXIT_FAILED_TASKS) else status  # not done: it needs the user
+
+
+def _outcome(store: WorkDir, result: FarmerResult, counts: Counts) -> int:
+    """Say why the farmer ended, unless the list is done.
+
+    :returns: the exit status
+    """
     if result.out_of_time and counts.toprocess:
         sys.stderr.write(
             f"pytaskfarmer: the allocation (or --timeout) ends before another task could finish (--task-duration):"

@@ -159,6 +159,7 @@ class WorkDir:
         self.farm_workers = 1  # the workers of every registered farmer, at the last claim
         self._pending: list[Action] = []
         self.unfit = 0  # tasks on top of the queue this farmer could not run, at the last claim of none
+        self.tasklist_error = ""  # why lines added to the tasklist could not be taken in (it was changed)
         self._journal = Journal(path, sync=_files.filesystem_type(path.parent) in _files.NETWORK_FILESYSTEMS)
         self.toprocess = path / "toprocess"
         self.finished = path / "finished"
@@ -617,7 +618,9 @@ class WorkDir:
         try:
             self._sync_tasklist_locked(tasklist)
         except TaskListError as exc:
-            _LOGGER.warning("not taking in new tasklist lines: %s", exc)
+            if not self.tasklist_error:  # said once, not at every claim
+                _LOGGER.warning("not taking in new tasklist lines: %s", exc)
+            self.tasklist_error = str(exc)
 
     # -- recovery of dead farmers -----------------------------------------------------------------------------------
 

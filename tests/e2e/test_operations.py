@@ -200,6 +200,20 @@ def test_tasks_appended_while_a_farmer_runs_are_picked_up(tmp_path: Path) -> Non
     assert sorted(ids(workdir / "finished")) == [0, 1, 2, 4, 5]
 
 
+def test_a_tasklist_edited_while_a_farmer_runs_is_not_reported_done(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 0.3; echo $PROC_NUMBER >> {done}"] * 3)
+    farmer = start_farmer(tasklist, "-n", "1")
+    with cleanup(farmer):
+        wait_for(lambda: len(lines(done)) >= 1, what="the first task done")
+        tasklist.write_text(f"echo edited\n{tasklist.read_text()}echo appended >> {done}\n")
+        _, stderr = farmer.communicate(timeout=LONG)
+    assert farmer.returncode == 2, stderr  # 0 said the list was done, though its new line never ran
+    assert "lines added to the tasklist while it ran were not taken in: Tasklist" in stderr
+    assert stderr.count("not taking in new tasklist lines") == 1  # said once, not at every claim
+    assert "appended" not in lines(done)
+
+
 @pytest.mark.parametrize("mode", ["files", "stream"])
 def test_log_command_prints_a_tasks_output_in_both_modes(
     tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
