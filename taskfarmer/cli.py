@@ -342,7 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--id", dest="ids", type=_count, action="append", default=[], help="only this task (repeatable)"
     )
     requeue.add_argument("--dead", action="store_true", help="the tasks of farmers known to be dead")
-    requeue.add_argument("--farmer", action="append", default=[], help="the tasks of this farmer, alive or not")
+    requeue.add_argument(
+        "--farmer", action="append", default=[], help="the tasks of this farmer, lost before its lease expired"
+    )
+    requeue.add_argument(
+        "--force", action="store_true", help="with --farmer: even if its heartbeat is fresh (its node is known gone)"
+    )
     requeue.add_argument("--lockdir", type=Path, help="the farmers' --lockdir (default: the one they recorded)")
     failed = commands.add_parser("failed", help="print the failed tasks (or only their commands, for a new list)")
     failed.add_argument("workdir", type=Path, help="the work directory (or the tasklist: TASKLIST_workdir)")
@@ -485,7 +490,11 @@ def _check_watch(args: argparse.Namespace) -> None:
 def _requeue(args: argparse.Namespace) -> int:
     from taskfarmer import maintenance  # noqa: PLC0415  # imported for this command only
 
+    if args.force and not args.farmer:
+        msg = "--force goes with --farmer (it takes a live-looking farmer's tasks)"
+        raise TaskFarmerError(msg)
     store = _existing_workdir(args)
+    maintenance.check_farmers_gone(store, args.farmer, force=args.force)
     done = maintenance.requeue(store, statuses=args.status, ids=args.ids, dead=args.dead, farmers=args.farmer)
     sys.stdout.write(done + "\n")
     return EXIT_OK

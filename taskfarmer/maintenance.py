@@ -6,7 +6,7 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from taskfarmer.errors import TaskFarmerError
-from taskfarmer.store import UNREADABLE
+from taskfarmer.store import UNREADABLE, heartbeat_interval
 from taskfarmer.words import plural
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def failed_selector(*, statuses: list[str], ids: list[int]) -> Callable[[int, st
 
 
 def requeue(store: WorkDir, *, statuses: list[str], ids: list[int], dead: bool, farmers: list[str]) -> str:
-    """Put tasks back in the queue.
+    """Put tasks back in the queue (of *farmers*: see :func:`check_farmers_gone` first).
 
     :returns: what was done, as one line
     """
@@ -65,6 +65,30 @@ def _check_farmers_known(store: WorkDir, names: list[str]) -> None:
         listed = ", ".join(sorted(known)) or "none"
         msg = f"No farmer {unknown[0]} in {store.path} (its farmers: {listed}; `taskfarmer status` lists them)."
         raise TaskFarmerError(msg)
+
+
+def check_farmers_gone(store: WorkDir, names: list[str], *, force: bool) -> None:
+    """:param force: let pass a farmer of another host whose heartbeat is fresh (the user knows its node is gone)
+    :raises TaskFarmerError: for a farmer that is alive: its tasks would run twice
+    """
+    records = store.read_farmers()
+    for name in names:
+        if name not in records:
+            continue  # its file is gone already: only slot files are left
+        record, age = records[name]
+        if record.holder.is_local() and record.holder.is_alive_locally():
+            msg = (
+                f"Farmer {name} is alive on this host (PID {record.holder.pid}): stop it (kill -TERM"
+                f" {record.holder.pid}), and its running tasks go back to the queue by themselves."
+            )
+            raise TaskFarmerError(msg)
+        if not record.holder.is_local() and age < 2 * heartbeat_interval(record.lease) and not force:
+            msg = (
+                f"Farmer {name} on {record.holder.host} heartbeat {age:.0f} s ago (it does every"
+                f" {heartbeat_interval(record.lease):.0f} s): it looks alive, and its tasks would run twice. If its"
+                " node is gone, wait until it misses its heartbeats, or give --force."
+            )
+            raise TaskFarmerError(msg)
 
 
 def _not_failed(store: WorkDir, ids: set[int]) -> str:

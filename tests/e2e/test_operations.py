@@ -173,13 +173,16 @@ def test_a_requeued_task_runs_as_its_next_attempt(
 def test_requeue_the_tasks_of_a_farmer_known_lost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 60"] * 2)
     workdir = tmp_path / "t.txt_workdir"
-    farmer = start_farmer(tasklist, "-n", "2", "--lease", "3600")
+    farmer = start_farmer(tasklist, "-n", "2", "--lease", "3600", env={"SLURMD_NODENAME": "lostnode"})
     with cleanup(farmer):
         wait_for(lambda: len(_running(workdir)) == 2, what="two tasks running")
         name = next(p.name for p in (workdir / "farmers").iterdir())
         # A lost node: its farmer is frozen, not dead; only the user knows it will not come back.
         os.killpg(farmer.pid, signal.SIGSTOP)
-        assert main(["requeue", "--farmer", name, str(workdir)]) == 0
+        assert main(["requeue", "--farmer", name, str(workdir)]) == 2  # its heartbeat is fresh: it looks alive
+        assert "it looks alive, and its tasks would run twice" in capsys.readouterr().err
+        assert sorted(ids(workdir / "toprocess")) == []
+        assert main(["requeue", "--farmer", name, "--force", str(workdir)]) == 0
         assert f"2 tasks of farmer {name}" in capsys.readouterr().out
         assert sorted(ids(workdir / "toprocess")) == [0, 1]
         assert _running(workdir) == []
@@ -198,6 +201,22 @@ def test_tasks_appended_while_a_farmer_runs_are_picked_up(tmp_path: Path) -> Non
         assert farmer.wait(timeout=LONG) == 0
     assert sorted(int(x) for x in lines(done)) == [0, 1, 2, 4, 5]
     assert sorted(ids(workdir / "finished")) == [0, 1, 2, 4, 5]
+
+
+def test_requeue_refuses_the_tasks_of_a_farmer_alive_on_this_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["sleep 60"])
+    workdir = tmp_path / "t.txt_workdir"
+    farmer = start_farmer(tasklist, "--grace", "0")
+    with cleanup(farmer):
+        wait_for(lambda: len(_running(workdir)) == 1, what="a task running")
+        name = next(p.name for p in (workdir / "farmers").iterdir())
+        assert main(["requeue", "--farmer", name, "--force", str(workdir)]) == 2
+        assert f"is alive on this host (PID {farmer.pid}): stop it" in capsys.readouterr().err
+        assert len(_running(workdir)) == 1  # its task stays its own
+    assert main(["requeue", "--force", str(workdir)]) == 2
+    assert "--force goes with --farmer" in capsys.readouterr().err
 
 
 def test_a_tasklist_edited_while_a_farmer_runs_is_not_reported_done(tmp_path: Path) -> None:
