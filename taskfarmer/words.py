@@ -19,6 +19,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def id_list(ids: list[int], shown: int = 5) -> str:
+    """:returns: ``task 3``, ``tasks 3, 4, 9``, ``tasks 3, 4, 9, 10, 11 and 22 more``"""
+    if len(ids) == 1:
+        return f"task {ids[0]}"
+    listed = ", ".join(str(taskid) for taskid in ids[:shown])
+    return f"tasks {listed}" + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
 def printable(text: str) -> str:
     r""":returns: *text* with its control characters (NUL, escape sequences...; tabs stay) written as ``\xNN``: a
     terminal shows it as it is, and a file of such lines stays text for ``grep``

@@ -63,6 +63,7 @@ from taskfarmer.store._records import (
     timeline_append,
 )
 from taskfarmer.store._slots import SlotLog, SlotView, Task
+from taskfarmer.words import id_list
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -597,13 +598,12 @@ class WorkDir:
             for task, started in view.back_to_queue()
             if started is None or not farmer_died or task.lost + 1 < self.max_lost
         ]
-        for task in returned:
+        if returned:
+            tasks = id_list([task.taskid for task in returned])
             if farmer_died:
-                _LOGGER.warning(
-                    "task %d was held by farmer %s, which is gone: back in the queue", task.taskid, view.farmer
-                )
+                _LOGGER.warning("%s, held by farmer %s, which is gone: back in the queue", tasks, view.farmer)
             else:  # its farmer says so too, if it lives
-                _LOGGER.info("task %d of worker %d of %s is back in the queue", task.taskid, view.worker, view.farmer)
+                _LOGGER.info("%s, of worker %d of %s: back in the queue", tasks, view.worker, view.farmer)
         return returned
 
     def _timeline_write(self, events: list[dict[str, object]]) -> WriteAt:

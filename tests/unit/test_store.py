@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -180,6 +181,23 @@ def test_a_dead_workers_attempt_in_a_stream_is_accounted_with_what_it_printed(tm
     store.recover_dead(me=farmer.name)
     rows = [line.split("\t") for line in store.accounting.read_text().splitlines()[1:]]
     assert [(row[2], row[-1]) for row in rows] == [("lost", "logs/stream.dead.1@17+14")]
+
+
+def test_the_tasks_of_a_dead_farmer_are_said_back_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, _, slot = _store(tmp_path, count=8)
+    dead_holder = replace(slot.holder, pid=_dead_pid())
+    dead_farmer = FarmerRecord(
+        name=f"{dead_holder.host}.{dead_holder.pid}.dead00", holder=dead_holder, started=0.0, workers=1, lease=60
+    )
+    store.register(dead_farmer)
+    dead = replace(slot, farmer=dead_farmer.name, holder=dead_holder)
+    log, tasks = _claim(store, dead, want=7)
+    log.close()
+    with caplog.at_level(logging.WARNING):
+        assert len(store.recover_dead(me=slot.farmer)) == 7
+    said = [record.getMessage() for record in caplog.records]
+    ids = ", ".join(str(task.taskid) for task in tasks[:5])
+    assert said == [f"tasks {ids} and 2 more, held by farmer {dead_farmer.name}, which is gone: back in the queue"]
 
 
 def test_a_slot_file_of_the_previous_version_is_recovered(tmp_path: Path) -> None:
