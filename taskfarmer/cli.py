@@ -451,14 +451,22 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
     if args.workdir.is_file() and (beside / "toprocess").is_file():
         args.workdir = beside  # a tasklist given: its default work directory, as the farmer names it
     if not (args.workdir / "toprocess").is_file():
-        msg = f"{args.workdir} is not a pytaskfarmer work directory (it has no toprocess file)."
-        raise WorkDirError(msg)
+        raise WorkDirError(_not_a_workdir(args.workdir, beside))
     # The farmers' lock, whatever this shell's $SCRATCH says: a change under another lock would exclude nothing.
     lock_dir = getattr(args, "lockdir", None)
     lock = default_lock_path(args.workdir, lock_dir) if lock_dir else recorded_lock_path(args.workdir)
     store = WorkDir(args.workdir, lock_path=lock or default_lock_path(args.workdir, None))
     store.check_not_foreign()  # PyTaskFarmer's files would be misread, and a change (requeue) would take them over
     return store
+
+
+def _not_a_workdir(path: Path, beside: Path) -> str:
+    """:returns: why *path* (given where a work directory was expected) is none, in the user's terms"""
+    if path.is_file():
+        return f"{path} is a tasklist that no farmer has run yet ({beside} does not exist)."
+    if not path.exists():
+        return f"{path} does not exist (give a work directory, or the tasklist it was made for)."
+    return f"{path} is not a pytaskfarmer work directory (it has no toprocess file)."
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -265,6 +265,25 @@ def test_status_and_runners_commands(tmp_path: Path, taskfarmer_home: Path, caps
     assert main(["status", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("t.txt", "t.txt is a tasklist that no farmer has run yet (t.txt_workdir does not exist)."),
+        ("nosuch", "nosuch does not exist (give a work directory, or the tasklist it was made for)."),
+        (".", ". is not a pytaskfarmer work directory (it has no toprocess file)."),
+    ],
+)
+def test_a_command_given_no_work_directory_says_what_it_was_given(
+    tmp_path: Path, given: str, said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tasklist(tmp_path / "t.txt", ["true"])
+    monkeypatch.chdir(tmp_path)
+    for command in (["status"], ["log"], ["failed"], ["requeue"]):
+        assert main([*command, given, *(["0"] if command == ["log"] else [])]) == 2
+        assert capsys.readouterr().err == f"pytaskfarmer: error: {said}\n"
+    assert not (tmp_path / "t.txt_workdir").exists()  # nothing made
+
+
 def test_python_dash_m_entry_point() -> None:
     result = subprocess.run([sys.executable, "-m", "taskfarmer", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
