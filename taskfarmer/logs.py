@@ -220,10 +220,23 @@ def _find(store: WorkDir, taskid: int, attempt: int | None) -> str:
                 f"No log of {which} in {store.path}: there is no task {taskid} (line {taskid + 1} of the tasklist"
                 " is blank or a comment, or beyond its end)."
             )
+        elif attempt and (ran := _attempts(store, taskid)):
+            runs = f"attempt {ran[0]}" if len(ran) == 1 else f"attempts {', '.join(map(str, ran))}"
+            msg = f"No log of {which} in {store.path}: it ran as {runs} so far."
         else:
             msg = f"No log of {which} in {store.path}: it has not run yet, or runs now in stream mode."
         raise TaskFarmerError(msg)
     return found
+
+
+def _attempts(store: WorkDir, taskid: int) -> list[int]:
+    """:returns: the attempts of *taskid* that ``accounting.tsv`` and the slot files record, in order"""
+    prefix = f"{taskid}\t".encode()
+    recorded: list[bytes] = []
+    with contextlib.suppress(FileNotFoundError), store.accounting.open("rb") as lines:
+        recorded = [line for line in lines if line.startswith(prefix)]
+    recorded += [end.account for view in store.slot_views() for end in view.ended if end.account.startswith(prefix)]
+    return sorted({int(line.split(b"\t")[1]) for line in recorded})
 
 
 def _is_a_task(store: WorkDir, taskid: int) -> bool:
