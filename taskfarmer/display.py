@@ -113,7 +113,8 @@ class Display:
             self._say(event[3])
         elif kind == "stopping":
             self._stopping = _stopping_line(event[1], grace=event[3], again=event[4])
-            self._say(f"pytaskfarmer: {self._stopping}")
+            if self._live is not None or not self._quiet:  # -q: errors and the summary only
+                self._say(f"pytaskfarmer: {self._stopping}")
         now = time.monotonic()
         if self._live is not None and now >= self._next_refresh:
             self._counts = self._store.counts()

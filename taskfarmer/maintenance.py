@@ -129,6 +129,8 @@ def drain(store: WorkDir, *, cancel: bool) -> str:
         except FileNotFoundError:
             return f"no drain to cancel: {store.drain_file} does not exist"
         return f"removed {store.drain_file}: farmers started from now on claim tasks again"
+    if store.drain_file.exists():
+        return f"already draining: {store.drain_file} exists; remove it with --cancel"
     store.drain_file.write_text("Farmers finish their running tasks and claim no more while this file exists.\n")
     return f"created {store.drain_file}: running farmers finish their tasks and exit; remove it with --cancel"
 

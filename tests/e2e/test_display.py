@@ -40,6 +40,15 @@ def test_a_batch_log_starts_with_a_line_and_says_each_failure(tmp_path: Path) ->
     assert f"task 1 failed (exit:3), log: {tmp_path / 't.txt_workdir' / 'logs' / 'log_1'}" in result.stderr
 
 
+def test_quiet_keeps_errors_and_the_summary_only(tmp_path: Path) -> None:
+    tasklist = write_tasklist(tmp_path / "t.txt", ["exit 3", "exit 3", "true"])
+    result = run_farmer(tasklist, "-n", "1", "-q", "--max-failures", "1")
+    assert result.returncode == 3, result.stderr
+    said = result.stderr.splitlines()
+    assert said[0].startswith("pytaskfarmer: 0 finished, 1 failed, 2 left"), said
+    assert not any("stopping" in line for line in said), said  # it printed "stopping: no task is running here"
+
+
 @pytest.mark.timeout(60)
 def test_a_first_ctrl_c_counts_the_tasks_running_not_the_workers(tmp_path: Path) -> None:
     started = tmp_path / "started"

@@ -587,6 +587,8 @@ def test_cancelling_no_drain_says_so(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["drain", "--cancel", str(tasklist)]) == 0
     assert capsys.readouterr().out.startswith("no drain to cancel: ")
     assert main(["drain", str(tasklist)]) == 0
+    assert main(["drain", str(tasklist)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("already draining: ")  # it said "created" again
     assert main(["drain", "--cancel", str(tasklist)]) == 0
     assert "removed " in capsys.readouterr().out
 

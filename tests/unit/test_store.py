@@ -572,5 +572,5 @@ def test_the_log_of_an_attempt_still_in_its_slot_file_is_found(tmp_path: Path) -
     assert out.getvalue() == b""
     with pytest.raises(TaskFarmerError, match="it has not run yet"):
         print_log(store, 1, attempt=None, out=out)
-    with pytest.raises(TaskFarmerError, match="No log of attempt 3 of task 0 in .*: it ran as attempt 1 so far"):
+    with pytest.raises(TaskFarmerError, match=r"No log of attempt 3 of task 0 in .*: it ran as attempt 1 so far"):
         print_log(store, 0, attempt=3, out=out)  # it said "it has not run yet"
