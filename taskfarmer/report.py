@@ -91,7 +91,7 @@ def _pyplot() -> ModuleType:
     try:
         import matplotlib as mpl  # noqa: PLC0415  # an optional dependency, for this command only
     except ImportError as exc:
-        msg = "the report needs matplotlib: pip install 'pytaskfarmer[report]'"
+        msg = "the report needs matplotlib (>= 3.7): pip install matplotlib"
         raise MissingDependencyError(msg) from exc
     mpl.use("Agg")
     from matplotlib import pyplot as plt  # noqa: PLC0415  # after the backend is chosen

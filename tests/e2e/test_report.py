@@ -166,7 +166,7 @@ def _report_process(
 def test_without_matplotlib_one_line_and_exit_2(farm: Path, tmp_path: Path) -> None:
     output = tmp_path / "out.html"
     result = _report_process(str(farm), "-o", str(output), env=_failing_matplotlib(tmp_path))
-    expected = "pytaskfarmer: error: the report needs matplotlib: pip install 'pytaskfarmer[report]'\n"
+    expected = "pytaskfarmer: error: the report needs matplotlib (>= 3.7): pip install matplotlib\n"
     assert (result.returncode, result.stderr, result.stdout) == (2, expected, "")
     assert not output.exists()
 
