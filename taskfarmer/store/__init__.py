@@ -355,6 +355,8 @@ class WorkDir:
             ):
                 files = IngestFiles(stack=stack, scratch=scratch, rejects=rejects)
                 result = ingest(source, start=state, digest=digest, files=files, numbering=numbering or LINES)
+                if state is None:  # the list this work directory is for, named in messages if another is given
+                    result = replace(result, state=replace(result.state, path=str(tasklist.absolute())))
                 with self.toprocess.open("rb") as old:
                     while block := old.read(_COUNT_BLOCK):
                         stack.write(block)

@@ -247,6 +247,19 @@ def test_changed_or_truncated_tasklist_is_refused_and_the_workdir_is_untouched(t
     truncated = run_farmer(tasklist)
     assert truncated.returncode == 2
     _assert_one_clear_line(truncated.stderr, "shorter")
+    assert "started for" not in truncated.stderr  # the same list, edited: no other list to name
+    assert _snapshot(workdir) == before
+
+
+def test_the_work_directory_of_another_tasklist_is_refused_naming_that_list(tmp_path: Path) -> None:
+    first = write_tasklist(tmp_path / "first.txt", ["true", "true"])
+    assert run_farmer(first).returncode == 0
+    workdir = tmp_path / "first.txt_workdir"
+    before = _snapshot(workdir)
+    for other in (["echo other"], ["echo another", "echo line", "echo of a longer list"]):
+        result = run_farmer(write_tasklist(tmp_path / "other.txt", other), "-w", str(workdir))
+        assert result.returncode == 2
+        _assert_one_clear_line(result.stderr, f"this work directory was started for {first}")
     assert _snapshot(workdir) == before
 
 
