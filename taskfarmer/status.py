@@ -50,9 +50,9 @@ def collect(store: WorkDir) -> StatusReport:
     views = store.slot_views()  # read once: on a shared filesystem each read of a slot file is a round trip
     counts = store.counts(views)
     tail = _read_tail(store, views)
-    rate = tail.rate()
     farmers = farmer_states(store)
-    alive = any(str(f["state"]).startswith("alive") for f in farmers)
+    alive = _any_alive(farmers)
+    rate = tail.rate(working=alive)
     report = StatusReport(
         workdir=str(store.path),
         tasks={
@@ -123,14 +123,18 @@ class AccountingTail:
                 self.ends.append((float(fields[5]), taskid, attempt))
                 self._counted.add((taskid, attempt))
 
-    def rate(self) -> float | None:
-        """:returns: tasks per second over the last completions, ``None`` when fewer than two are recent"""
+    def rate(self, *, working: bool = True) -> float | None:
+        """:param working: whether a farmer works on the list now; if not, the rate is the one it had when it last
+            ran (it would only fall with time since)
+        :returns: tasks per second over the last completions, ``None`` when fewer than two are recent
+        """
         now = time.time()
         while self.ends and now - self.ends[0][0] > RATE_WINDOW:
             self._counted.discard(self.ends.popleft()[1:])
         if len(self.ends) < 2:  # a rate needs two ends
             return None
-        return len(self.ends) / max(now - min(end for end, _, _ in self.ends), 1.0)
+        ends = [end for end, _, _ in self.ends]
+        return len(ends) / max((now if working else max(ends)) - min(ends), 1.0)
 
     def log_of(self, store: WorkDir, taskid: int, state: str) -> str | None:
         """:param state: the task's status in ``failed``
@@ -222,6 +226,10 @@ def _running(views: list[SlotView]) -> list[dict[str, object]]:
     ]
 
 
+def _any_alive(farmers: list[dict[str, object]]) -> bool:
+    return any(str(farmer["state"]).startswith("alive") for farmer in farmers)
+
+
 def farmer_states(store: WorkDir) -> list[dict[str, object]]:
     """:returns: every registered farmer with its host, workers and state (alive, late, presumed dead...)"""
     farmers: list[dict[str, object]] = []
@@ -270,7 +278,8 @@ def format_text(report: StatusReport) -> str:
     ]
     if report.rate_per_s:
         eta = f", ETA {format_duration(report.eta_s)}" if report.eta_s else ""
-        lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s over the last {RATE_WINDOW / 60:.0f} minutes{eta}")
+        when = f"over the last {RATE_WINDOW / 60:.0f} minutes" if _any_alive(report.farmers) else "when it last ran"
+        lines.append(f"  rate     {report.rate_per_s:.2f} tasks/s {when}{eta}")
     lines += [
         f"  failed   task {f['task']} ({f['status']}): {cut(f['command'])}"
         f"  log: {log_words(f['log'], report.workdir, f['task'])}"
