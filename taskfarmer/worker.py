@@ -359,10 +359,12 @@ class Worker:
             # What it printed (in stream mode, its span is known only now; none: its file goes once it is given back)
             self._slot_log.record_log(self._index, self.logs.close(log))
             return None
+        missing = missing_outputs(plan.outputs) if returncode == 0 and not (verdict.killed_for or reason) else []
+        if missing:  # said where the user looks for why it failed
+            log.handle.write(f"pytaskfarmer: {MISSING}: absent or empty: {', '.join(missing)}\n")
+            reason = MISSING
         location = self.logs.close(log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if returncode == 0 and not (verdict.killed_for or reason) and missing_outputs(plan.outputs):
-            reason = MISSING
         return Outcome(
             returncode,
             started,

@@ -135,3 +135,5 @@ def test_skip_existing_outputs_and_missing_outputs(tmp_path: Path) -> None:
         "3": "ok",
         "4": "missing:outputs",
     }
+    log = workdir / "logs" / "log_4"  # it printed nothing: what it lacks is said in its log
+    assert log.read_text() == f"pytaskfarmer: missing:outputs: absent or empty: {out}/never.root\n"
