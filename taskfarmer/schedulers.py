@@ -104,10 +104,12 @@ def _run(argv: list[str]) -> str:
     return result.stdout
 
 
-def _header(settings: Settings) -> str:
+def _header(campaign: Campaign, settings: Settings) -> str:
+    workdir = shlex.quote(str(campaign.workdir))
     return (
-        f"# Written by `taskfarmer submit` on {time.strftime('%Y-%m-%d %H:%M:%S')}: one farmer job of the campaign of\n"
-        f"# {settings.submit_dir}. `taskfarmer status WORKDIR` follows it, `taskfarmer cancel WORKDIR` stops it.\n"
+        f"# Written by `taskfarmer submit` on {time.strftime('%Y-%m-%d %H:%M:%S')} in {settings.submit_dir}: one"
+        f" farmer job of the campaign of {campaign.workdir}.\n"
+        f"# `taskfarmer status {workdir}` follows it, `taskfarmer cancel {workdir}` stops it.\n"
     )
 
 
@@ -133,8 +135,8 @@ class Slurm:
         options += [f"--partition={settings.partition}"] * bool(settings.partition)
         options += [f"--account={settings.account}"] * bool(settings.account)
         options += settings.scheduler_options
-        lines = ["#!/bin/bash", _header(settings).rstrip("\n")]
-        lines.append(f"# Submit more by hand: sbatch --array=0-1 {campaign.script}")
+        lines = ["#!/bin/bash", _header(campaign, settings).rstrip("\n")]
+        lines.append(f"# Submit {settings.jobs} more by hand: sbatch --array=0-{settings.jobs - 1} {campaign.script}")
         lines += [f"#SBATCH {option}" for option in options]
         lines.append(f"exec {command}")
         campaign.script.write_text("\n".join(lines) + "\n")
@@ -183,11 +185,11 @@ class HTCondor:
 
     def write_job_files(self, campaign: Campaign, settings: Settings, command: str) -> Path:
         """The executable ``job.sh`` and the submit description ``job.sub`` (without its queue statement)."""
-        campaign.script.write_text(f"#!/bin/bash\n{_header(settings)}exec {command}\n")
+        campaign.script.write_text(f"#!/bin/bash\n{_header(campaign, settings)}exec {command}\n")
         campaign.script.chmod(0o755)
         lines = [
-            _header(settings).rstrip("\n"),
-            f"# Submit more by hand: condor_submit {campaign.submit_file} -queue 2",
+            _header(campaign, settings).rstrip("\n"),
+            f"# Submit {settings.jobs} more by hand: condor_submit {campaign.submit_file} -queue {settings.jobs}",
             "universe = vanilla",
             f"executable = {campaign.script}",
             f"initialdir = {settings.submit_dir}",

@@ -90,6 +90,11 @@ def test_dry_run_writes_the_job_script_with_every_option(tmp_path: Path) -> None
         "#SBATCH --qos=flex",
         f"#SBATCH --chdir={tmp_path}",
         f"exec taskfarmer job {tmp_path / 't.txt_workdir'} -- t.txt --retries 2",
+        (
+            f"# `taskfarmer status {tmp_path / 't.txt_workdir'}` follows it, `taskfarmer cancel"
+            f" {tmp_path / 't.txt_workdir'}` stops it."
+        ),
+        f"# Submit 3 more by hand: sbatch --array=0-2 {tmp_path / 't.txt_workdir' / 'campaign' / 'job.sh'}",
     ):
         assert line in script.splitlines(), line
     settings = Campaign(tmp_path / "t.txt_workdir").load().settings
