@@ -184,7 +184,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--runner", "-r", default="default", help="runner defined in runners.d/*.ini (default: default)"
     )
     parser.add_argument(
-        "--tasklist", "-t", dest="handler", default="default", help="tasklist handler defined in $PYTASKFARMER_HOME/tasklists.d/*.ini or ./*.ini"
+        "--tasklist",
+        "-t",
+        dest="handler",
+        default="default",
+        help="tasklist handler defined in $PYTASKFARMER_HOME/tasklists.d/*.ini or ./*.ini",
     )
     parser.add_argument("--lockdir", type=Path, help="directory for the lock file (default: $SCRATCH, else WORKDIR)")
     parser.add_argument(
