@@ -140,6 +140,7 @@ class Farmer:
         )
         self._unfit = 0  # what the last workers to claim found they could not run
         self._idle_beats: dict[str, float] | None = None  # other hosts' holders' heartbeats when work ran out
+        self._next_look = 0.0  # when to look at those holders again (monotonic seconds)
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -229,36 +230,51 @@ class Farmer:
 
     def _more_work(self) -> bool:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
-        if self._flags.draining:
-            self.result.drained = True
+        if self._must_end():
             return False
-        if self.options.claim_until is not None and time.time() >= self.options.claim_until:
-            self.result.out_of_time = True
-            return False
+        if time.monotonic() < self._next_look and self.store.toprocess.stat().st_size == 0:
+            self._drain_events(_IDLE_POLL)  # waiting on other hosts' heartbeats: look again at their pace, not ours
+            return True
         self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self._unfit:
             # The tasks left need more than this farmer has: they are for bigger farmers (or --proc, --gpus).
             self.result.unfit = self._unfit
             return False
         if self.store.toprocess.stat().st_size > 0:
-            self._idle_beats = None
+            self._idle_beats, self._next_look = None, 0.0
             for slot in range(self.options.processes):
                 self._start_worker(slot)
             return True
-        if self._unproven_holders():
-            self._drain_events(_IDLE_POLL)
-            return True
-        return False
+        return self._wait_for_holders()
 
-    def _unproven_holders(self) -> list[str]:
+    def _must_end(self) -> bool:
+        """:returns: whether this farmer ends with work left: drained, or its allocation about to end"""
+        if self._flags.draining:
+            self.result.drained = True
+        elif self.options.claim_until is not None and time.time() >= self.options.claim_until:
+            self.result.out_of_time = True
+        return self.result.drained or self.result.out_of_time
+
+    def _wait_for_holders(self) -> bool:
+        """:returns: whether to wait for other hosts' farmers that hold tasks (see :meth:`_unproven_holders`)"""
+        unproven = self._unproven_holders()
+        if not unproven:
+            return False
+        # Each look reads every farmer's file: at the pace they heartbeat, a tail of many idle farmers stays light.
+        self._next_look = time.monotonic() + max(min(unproven.values()) / 2, _IDLE_POLL)
+        self._drain_events(_IDLE_POLL)
+        return True
+
+    def _unproven_holders(self) -> dict[str, float]:
         """:returns: the farmers of other hosts that hold tasks and have not heartbeaten since this one ran out of
-        work. One that crashed stops heartbeating, and its tasks come back when its lease expires: leaving before
-        would leave them to no one. Once each has heartbeaten, it is alive: this farmer may go.
+        work, with how often they heartbeat. One that crashed stops heartbeating, and its tasks come back when its
+        lease expires: leaving before would leave them to no one. Once each has heartbeaten, it is alive: this
+        farmer may go.
         """
-        beats = self.store.remote_holders(me=self.record.name)
+        holders = self.store.remote_holders(me=self.record.name)
         if self._idle_beats is None:
-            self._idle_beats = beats
-        return [name for name, beat in beats.items() if self._idle_beats.get(name) == beat]
+            self._idle_beats = {name: beat for name, (beat, _) in holders.items()}
+        return {name: every for name, (beat, every) in holders.items() if self._idle_beats.get(name) == beat}
 
     def _store_failed(self, message: str, *, mark: bool = True) -> None:
         if self.result.stopped is not StopReason.STORE:

@@ -818,17 +818,23 @@ class WorkDir:
             return True  # its farmer unregistered or was recovered: nobody heartbeats for it
         return self._farmer_dead(*farmer)
 
-    def remote_holders(self, *, me: str) -> dict[str, float]:
+    def remote_holders(self, *, me: str) -> dict[str, tuple[float, float]]:
         """:returns: the farmers of other hosts that hold tasks and whose lease has not expired, with the time of
-        their last heartbeat (as their filesystem's clock says: compare it only with another of its readings)
+        their last heartbeat (as their filesystem's clock says: compare it only with another of its readings) and
+        how often they heartbeat
         """
+        farmers = {
+            name: record
+            for name, (record, age) in self.read_farmers().items()
+            if name != me and not record.holder.is_local() and age <= record.lease
+        }  # this host's farmers are checked by PID; an expired lease, by recover_dead
         holders = {}
-        for name, (record, age) in self.read_farmers().items():
-            if name == me or record.holder.is_local() or age > record.lease:
-                continue  # this host's farmers are checked by PID; an expired lease, by recover_dead
-            if any(_slots.read(path) for path in self._slot_files(name)):
+        for path in sorted(self.running.iterdir()) if farmers else []:  # one listing for them all
+            name = path.name.rpartition(".")[0]
+            if name in farmers and name not in holders and _slots.read(path):
                 with contextlib.suppress(FileNotFoundError):
-                    holders[name] = (self.farmers / name).stat().st_mtime
+                    beat = (self.farmers / name).stat().st_mtime
+                    holders[name] = (beat, heartbeat_interval(farmers[name].lease))
         return holders
 
     # -- reading ----------------------------------------------------------------------------------------------------

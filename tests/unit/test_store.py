@@ -257,7 +257,7 @@ def test_remote_holders_are_listed_with_their_heartbeat_until_their_lease_ends(t
     assert store.remote_holders(me=farmer.name) == {}  # it holds no task yet
     assert _claim(store, remote_slot)[1]
     beat = (store.farmers / remote_slot.farmer).stat().st_mtime
-    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: beat}
+    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: (beat, 6.0)}  # it heartbeats every 6 s
     os.utime(store.farmers / remote_slot.farmer, (beat - 40, beat - 40))  # 70 s: past its lease
     assert store.remote_holders(me=farmer.name) == {}  # recover_dead's to give back
 
