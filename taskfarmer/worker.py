@@ -232,8 +232,7 @@ class Worker:
             tasks = self._claim()
         if self.store.unfit:
             self._send("unfit", -1, str(self.store.unfit))
-        if self.store.tasklist_error:
-            self._send("tasklist", -1, self.store.tasklist_error)
+        self._send("tasklist", -1, self.store.tasklist_error)  # as this worker last saw it ("": taken in)
         return EXIT_DONE if self._may_start() else EXIT_STOPPED
 
     def _claim(self) -> list[Task]:

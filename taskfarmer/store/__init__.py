@@ -623,6 +623,8 @@ class WorkDir:
             if not self.tasklist_error:  # said once, not at every claim
                 _LOGGER.warning("not taking in new tasklist lines: %s", exc)
             self.tasklist_error = str(exc)
+        else:
+            self.tasklist_error = ""  # restored (or caught while being rewritten): its new lines are taken in
 
     # -- recovery of dead farmers -----------------------------------------------------------------------------------
 
@@ -819,15 +821,15 @@ class WorkDir:
         return self._farmer_dead(*farmer)
 
     def remote_holders(self, *, me: str) -> dict[str, tuple[float, float]]:
-        """:returns: the farmers of other hosts that hold tasks and whose lease has not expired, with the time of
-        their last heartbeat (as their filesystem's clock says: compare it only with another of its readings) and
-        how often they heartbeat
+        """:returns: the farmers of other hosts that hold tasks, with the time of their last heartbeat (as their
+        filesystem's clock says: compare it only with another of its readings) and how often they heartbeat. One
+        whose lease has expired is still listed: until :meth:`recover_dead` gives its tasks back, they are its.
         """
         farmers = {
             name: record
-            for name, (record, age) in self.read_farmers().items()
-            if name != me and not record.holder.is_local() and age <= record.lease
-        }  # this host's farmers are checked by PID; an expired lease, by recover_dead
+            for name, (record, _) in self.read_farmers().items()
+            if name != me and not record.holder.is_local()
+        }  # this host's farmers are checked by PID
         holders = {}
         for path in sorted(self.running.iterdir()) if farmers else []:  # one listing for them all
             name = path.name.rpartition(".")[0]

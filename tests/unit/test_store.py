@@ -251,7 +251,7 @@ def test_a_remote_farmer_whose_file_cannot_be_read_keeps_its_tasks(tmp_path: Pat
     assert [t.taskid for t in returned] == ([] if farmer_file == "damaged" else [tasks[0].taskid])
 
 
-def test_remote_holders_are_listed_with_their_heartbeat_until_their_lease_ends(tmp_path: Path) -> None:
+def test_remote_holders_are_listed_with_their_heartbeat_until_their_tasks_are_given_back(tmp_path: Path) -> None:
     store, farmer, _ = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=30.0)
     assert store.remote_holders(me=farmer.name) == {}  # it holds no task yet
@@ -259,7 +259,26 @@ def test_remote_holders_are_listed_with_their_heartbeat_until_their_lease_ends(t
     beat = (store.farmers / remote_slot.farmer).stat().st_mtime
     assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: (beat, 6.0)}  # it heartbeats every 6 s
     os.utime(store.farmers / remote_slot.farmer, (beat - 40, beat - 40))  # 70 s: past its lease
-    assert store.remote_holders(me=farmer.name) == {}  # recover_dead's to give back
+    # Still its tasks until recovered: a farmer that stopped looking now would leave them to no one.
+    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: (beat - 40, 6.0)}
+    assert len(store.recover_dead(me=farmer.name)) == 1
+    assert store.remote_holders(me=farmer.name) == {}
+
+
+def test_a_tasklist_seen_changed_at_one_claim_and_restored_by_the_next_is_no_error(tmp_path: Path) -> None:
+    # A list rewritten in place (gen.py > tasks.txt) can be caught empty by a claim.
+    store, _, slot = _store(tmp_path, count=3)
+    tasklist = tmp_path / "tasks.txt"
+    whole = tasklist.read_bytes()
+    log, tasks = _claim(store, slot, want=3)  # the queue is empty: the next claim looks at the tasklist
+    for index in range(len(tasks)):
+        _run(log, slot, index)
+    tasklist.write_bytes(b"")
+    assert store.exchange(log, slot, want=1, tasklist=tasklist) == []
+    assert "shorter" in store.tasklist_error
+    tasklist.write_bytes(whole + b"echo appended\n")
+    assert [task.command for task in store.exchange(log, slot, want=1, tasklist=tasklist)] == ["echo appended"]
+    assert store.tasklist_error == ""
 
 
 def test_lock_goes_to_scratch_when_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
