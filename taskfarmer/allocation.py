@@ -1,8 +1,8 @@
 """What the batch system tells the farmer: when the allocation ends, and work to do once per node.
 
 With a known end (``--end-time``, the Slurm job's end, or the farmer's ``--timeout``), workers claim no task that
-could not finish by then (its ``time=`` directive, else ``--task-duration``): it would only be killed and run again
-by the next job.
+could not finish by then: none after the end minus ``--task-duration``, nor one whose ``time=`` directive runs past
+the end. It would only be killed and run again by the next job.
 
 ``--node-setup`` runs a command once per node (unpacking an environment, staging an input file) before any worker
 starts, under a node-local lock: the first farmer on the node runs it, the others wait for it and then skip it.
@@ -31,22 +31,27 @@ _LOGGER: Final = logging.getLogger(__name__)
 _SCHEDULER_TIMEOUT: Final = 20.0
 
 
-def slurm_end_time() -> float | None:
-    """:returns: when the current Slurm job ends (epoch seconds), ``None`` outside Slurm or without a time limit"""
+def slurm_end_time(*, ask: bool = True) -> float | None:
+    """:param ask: ask ``squeue`` when Slurm did not put the end in the environment (one request to slurmctld per
+        farmer: only when something needs it)
+    :returns: when the current Slurm job ends (epoch seconds), ``None`` outside Slurm, without a time limit, or when
+        the answer cannot be read
+    """
     end = os.environ.get("SLURM_JOB_END_TIME", "")  # set by recent Slurm versions
     if end.isdigit():
         return float(end)
     job = os.environ.get("SLURM_JOB_ID")
     squeue = shutil.which("squeue")
-    if not job or squeue is None:
+    if not job or squeue is None or not ask:
         return None
+    environment = {**os.environ, "SLURM_TIME_FORMAT": "standard"}  # not the user's own format: one we read
     try:
-        result = process.run_tool([squeue, "-h", "-j", job, "-o", "%e"], timeout=_SCHEDULER_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _LOGGER.warning("cannot ask Slurm when job %s ends: %s", job, exc)
+        result = process.run_tool([squeue, "-h", "-j", job, "-o", "%e"], timeout=_SCHEDULER_TIMEOUT, env=environment)
+        lines = result.stdout.split()  # an array element may be listed twice (seen on Slurm 22.05): same end
+        return parse_end_time(lines[0] if lines else "")
+    except (OSError, subprocess.TimeoutExpired, TaskFarmerError) as exc:
+        _LOGGER.warning("cannot tell when Slurm job %s ends: %s", job, exc)
         return None
-    lines = result.stdout.split()  # an array element may be listed twice (seen on Slurm 22.05): same end
-    return parse_end_time(lines[0] if lines else "")
 
 
 def parse_end_time(text: str) -> float | None:
@@ -68,7 +73,7 @@ def work_end(*, end_time: float | None, timeout: float | None, task_duration: fl
     :returns: when this farmer's work must be over (epoch seconds): the allocation's end, or its ``--timeout`` if
         sooner; ``None`` when neither is known. A task that could not finish by then is not claimed.
     """
-    allocation_end = end_time if end_time is not None else slurm_end_time()
+    allocation_end = end_time if end_time is not None else slurm_end_time(ask=task_duration is not None)
     ends = [end for end in (allocation_end, time.time() + timeout if timeout else None) if end is not None]
     end = min(ends, default=None)
     if task_duration is not None and end is None:

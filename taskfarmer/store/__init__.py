@@ -45,6 +45,7 @@ from taskfarmer.store._ingest import (
     check_unchanged,
     ingest,
     open_tasklist,
+    started_for,
 )
 from taskfarmer.store._journal import Action, ConflictError, CopyAt, Journal, Replace, Truncate, Unlink, WriteAt
 from taskfarmer.store._leases import FarmerRecord, Holder, SlotRecord, host_name, parse_stack_entry, stack_entry
@@ -171,6 +172,7 @@ class WorkDir:
         self.running = path / "running"
         self.farmers = path / "farmers"
         self._state = path / "tasklist.json"
+        self._started_for = path / "tasklist.path"  # the tasklist it was started for (for messages only)
         self.drain_file = path / "drain"
         self.stale_file = path / "stale"
 
@@ -344,7 +346,11 @@ class WorkDir:
             )
             raise TaskListError(msg)
         with open_tasklist(tasklist) as source:
-            digest = check_unchanged(tasklist, state, source) if state else hashlib.sha256()
+            try:
+                digest = check_unchanged(tasklist, state, source) if state else hashlib.sha256()
+            except TaskListError as exc:
+                first = _files.read_small(self._started_for).decode(errors="replace").strip()
+                raise TaskListError(f"{exc}{started_for(tasklist, first)}") from None
             if digest is None:
                 return None
             stack_path, rejects_path = self.path / ".toprocess.new", self.path / ".rejects.new"
@@ -355,8 +361,6 @@ class WorkDir:
             ):
                 files = IngestFiles(stack=stack, scratch=scratch, rejects=rejects)
                 result = ingest(source, start=state, digest=digest, files=files, numbering=numbering or LINES)
-                if state is None:  # the list this work directory is for, named in messages if another is given
-                    result = replace(result, state=replace(result.state, path=str(tasklist.absolute())))
                 with self.toprocess.open("rb") as old:
                     while block := old.read(_COUNT_BLOCK):
                         stack.write(block)
@@ -366,6 +370,8 @@ class WorkDir:
                 CopyAt(rejects_path.name, self.failed.name, self._journal.sizes()[self.failed.name]),
                 Unlink(rejects_path.name),
                 WriteAt(self._state.name, 0, result.state.to_json()),
+                # The list this work directory is for, named in messages when another is given with it.
+                *([WriteAt(self._started_for.name, 0, f"{tasklist.absolute()}\n".encode())] if state is None else []),
             ]
         )
         return result

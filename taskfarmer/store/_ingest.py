@@ -8,11 +8,11 @@ by a stopped farmer (pushed on top) come first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 from typing import IO, TYPE_CHECKING, Final
 
 from taskfarmer.errors import TaskListError
@@ -20,6 +20,7 @@ from taskfarmer.words import printable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 # bash -c gets the task as one argv string; Linux refuses any single argument of 128 KiB or more (MAX_ARG_STRLEN).
 MAX_TASK_BYTES: Final = 128 * 1024 - 4096
@@ -44,7 +45,6 @@ class TaskListState:
     ends_with_newline: bool
     numbering: str = LINES  # task IDs: LINES (0-based line numbers) or TASKS (PyTaskFarmer's: tasks counted)
     tasks: int = 0  # task lines (runnable or invalid) taken in: the next ID when numbering is TASKS
-    path: str = ""  # the tasklist the work directory was started for, as given then (for messages only)
 
     def to_json(self) -> bytes:
         """:returns: the state as written to ``tasklist.json``"""
@@ -53,7 +53,10 @@ class TaskListState:
     @classmethod
     def from_json(cls, data: bytes) -> TaskListState | None:
         """:returns: the state read from ``tasklist.json``, or ``None`` when there is none yet"""
-        return cls(**json.loads(data)) if data else None
+        if not data:
+            return None
+        known = {field.name for field in fields(cls)}  # a later version's keys are left to it
+        return cls(**{key: value for key, value in json.loads(data).items() if key in known})
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,16 @@ def open_tasklist(path: Path) -> IO[bytes]:
     raise TaskListError(msg)
 
 
-def _started_for(tasklist: Path, state: TaskListState) -> str:
-    """:returns: which other tasklist the work directory was started for, in words ("" when this one, or unknown)"""
-    if not state.path or Path(state.path).absolute() == tasklist.absolute():
+def started_for(tasklist: Path, first: str) -> str:
+    """:param first: the path of the tasklist a work directory was started for ("": unknown)
+    :returns: that it was started for another tasklist than *tasklist*, in a sentence ("" when not, or unknown)
+    """
+    if not first:
         return ""
-    return f"; this work directory was started for {state.path}"
+    with contextlib.suppress(OSError):
+        if tasklist.samefile(first):
+            return ""
+    return f" (This work directory was started for {first}.)"
 
 
 def check_unchanged(tasklist: Path, state: TaskListState, source: IO[bytes]) -> hashlib._Hash | None:
@@ -121,11 +129,10 @@ def check_unchanged(tasklist: Path, state: TaskListState, source: IO[bytes]) -> 
     stat = os.fstat(source.fileno())
     if stat.st_size == state.size and stat.st_mtime_ns == state.mtime_ns:
         return None
-    other = _started_for(tasklist, state)
     if stat.st_size < state.size:
         msg = (
             f"Tasklist {tasklist} is shorter than when this work directory started it ({stat.st_size} < {state.size}"
-            f" bytes): it was truncated or replaced{other}. Restore it, or use a new --workdir for a new list."
+            " bytes): it was truncated or replaced. Restore it, or use a new --workdir for a new list."
         )
         raise TaskListError(msg)
     digest = hashlib.sha256()
@@ -139,8 +146,7 @@ def check_unchanged(tasklist: Path, state: TaskListState, source: IO[bytes]) -> 
     if digest.hexdigest() != state.sha256:
         msg = (
             f"Tasklist {tasklist} was changed since this work directory started it (its first {state.lines} lines"
-            f" differ{other}): task IDs would no longer match. Restore it, or use a new --workdir. Appending lines is"
-            " fine."
+            " differ): task IDs would no longer match. Restore it, or use a new --workdir. Appending lines is fine."
         )
         raise TaskListError(msg)
     if stat.st_size > state.size and not state.ends_with_newline:
@@ -188,7 +194,6 @@ def ingest(
         ends_with_newline=result.ends_with_newline,
         numbering=numbering,
         tasks=(start.tasks if start else 0) + result.tasks + result.invalid_count,
-        path=start.path if start else "",  # the caller knows it
     )
     return IngestResult(state=state, tasks=result.tasks, invalid=result.invalid, invalid_count=result.invalid_count)
 

@@ -259,7 +259,7 @@ def test_the_work_directory_of_another_tasklist_is_refused_naming_that_list(tmp_
     for other in (["echo other"], ["echo another", "echo line", "echo of a longer list"]):
         result = run_farmer(write_tasklist(tmp_path / "other.txt", other), "-w", str(workdir))
         assert result.returncode == 2
-        _assert_one_clear_line(result.stderr, f"this work directory was started for {first}")
+        _assert_one_clear_line(result.stderr, f"(This work directory was started for {first}.)")
     assert _snapshot(workdir) == before
 
 

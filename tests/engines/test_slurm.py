@@ -212,6 +212,18 @@ def test_array_elements_share_one_list(tmp_path: Path, cluster: Cluster) -> None
     assert len({record["NodeList"] for record in records}) > 1, "all elements ran on one node"
 
 
+def test_the_jobs_end_is_read_from_squeue_whatever_the_users_time_format(tmp_path: Path, cluster: Cluster) -> None:
+    # --task-duration asks squeue when the job ends; a user's SLURM_TIME_FORMAT ("%F %T": date, space, time) once made
+    # that end midnight today, long past: nothing was claimed. The job has 10 minutes: 60 s tasks fit.
+    tasklist, workdir, out = _tasklist(tmp_path, 4, 0)
+    env = {"SLURM_TIME_FORMAT": "%F %T", "TASKFARMER_ARGS": "--task-duration 60"}
+    job = cluster.submit("slurm-array.sh", str(tasklist), str(workdir), options=("--array=0", "--time=10"), env=env)
+    records = cluster.wait_ended(job)
+    _assert_job_completed(records, cluster.diagnostics())
+    _assert_list_done(workdir, 4)
+    assert sorted(run.task for run in _runs(out)) == [0, 1, 2, 3]
+
+
 def test_one_farmer_per_node_of_an_allocation(tmp_path: Path, cluster: Cluster) -> None:
     tasklist, workdir, out = _tasklist(tmp_path, 18, 1)
     job = cluster.submit("slurm-multinode.sh", str(tasklist), str(workdir), options=("--nodes=3",))

@@ -156,3 +156,10 @@ def test_many_invalid_lines_all_reach_failed_but_memory_keeps_a_few(tmp_path: Pa
     assert failed[499] == "499 invalid:not-utf8 caf\\xe9 499"
     assert store.toprocess.read_text() == "500 echo ok\n"
     assert not (store.path / ".rejects.new").exists()
+
+
+def test_a_state_written_by_a_later_version_is_read_with_the_keys_this_one_knows() -> None:
+    written = b'{"size": 4, "lines": 1, "sha256": "x", "mtime_ns": 5, "ends_with_newline": true, "later": [1]}'
+    state = TaskListState.from_json(written)
+    assert state is not None
+    assert (state.size, state.lines, state.tasks) == (4, 1, 0)
