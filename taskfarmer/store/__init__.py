@@ -11,6 +11,7 @@ Layout (all plain text but the internals starting with a dot)::
     timeline.json   Chrome trace events, one per task attempt (open in ui.perfetto.dev)
     accounting.tsv  one line per task attempt: status, times, host, worker, peak memory, CPU time, log
     tasklist.json   how much of the tasklist was taken in, with a digest to notice edits
+    tasklist.path   the tasklist the directory was started for (named when another is given with it)
     .journal        the sizes of the shared files after the last change, and the change in progress (see _journal)
     .lockfile       which lock file every farmer of this directory must use
 
