@@ -467,7 +467,7 @@ def _existing_workdir(args: argparse.Namespace) -> WorkDir:
 def _not_a_workdir(path: Path, beside: Path) -> str:
     """:returns: why *path* (given where a work directory was expected) is none, in the user's terms"""
     if path.is_file():
-        return f"{path} is a tasklist that no farmer has run yet ({beside} does not exist)."
+        return f"{path} has no work directory beside it ({beside}: give the one its farmers used, -w)."
     if not path.exists():
         return f"{path} does not exist (give a work directory, or the tasklist it was made for)."
     return f"{path} is not a pytaskfarmer work directory (it has no toprocess file)."

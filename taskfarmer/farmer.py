@@ -139,8 +139,11 @@ class Farmer:
             lock=self._slots_lock,
         )
         self._unfit = 0  # what the last workers to claim found they could not run
-        self._idle_beats: dict[str, float] | None = None  # other hosts' holders' heartbeats when work ran out
-        self._next_look = 0.0  # when to look at those holders again (monotonic seconds)
+        # Once work ran out: other hosts' farmers holding tasks that showed no sign of life since (name -> their
+        # heartbeat interval), what their files showed then, and when to read every farmer's file again.
+        self._unproven: dict[str, float] | None = None
+        self._marks: dict[str, tuple[object, ...]] = {}
+        self._next_look = 0.0
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -232,20 +235,24 @@ class Farmer:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
         if self._must_end():
             return False
-        if time.monotonic() < self._next_look and self.store.toprocess.stat().st_size == 0:
-            self._drain_events(_IDLE_POLL)  # waiting on other hosts' heartbeats: look again at their pace, not ours
-            return True
-        self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
+        full_look = time.monotonic() >= self._next_look
+        if full_look:  # it reads every farmer's file: while waiting, at the pace they heartbeat
+            self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self._unfit:
             # The tasks left need more than this farmer has: they are for bigger farmers (or --proc, --gpus).
             self.result.unfit = self._unfit
             return False
         if self.store.toprocess.stat().st_size > 0:
-            self._idle_beats, self._next_look = None, 0.0
+            self._unproven, self._next_look = None, 0.0
             for slot in range(self.options.processes):
                 self._start_worker(slot)
             return True
-        return self._wait_for_holders()
+        if not self._wait_for_holders():
+            return False
+        if full_look:
+            self._next_look = time.monotonic() + max(min((self._unproven or {}).values()) / 2, _IDLE_POLL)
+        self._drain_events(_IDLE_POLL)
+        return True
 
     def _must_end(self) -> bool:
         """:returns: whether this farmer ends with work left: drained, or its allocation about to end"""
@@ -256,25 +263,17 @@ class Farmer:
         return self.result.drained or self.result.out_of_time
 
     def _wait_for_holders(self) -> bool:
-        """:returns: whether to wait for other hosts' farmers that hold tasks (see :meth:`_unproven_holders`)"""
-        unproven = self._unproven_holders()
-        if not unproven:
-            return False
-        # Each look reads every farmer's file: at the pace they heartbeat, a tail of many idle farmers stays light.
-        self._next_look = time.monotonic() + max(min(unproven.values()) / 2, _IDLE_POLL)
-        self._drain_events(_IDLE_POLL)
-        return True
-
-    def _unproven_holders(self) -> dict[str, float]:
-        """:returns: the farmers of other hosts that hold tasks and have not heartbeaten since this one ran out of
-        work, with how often they heartbeat. One that crashed stops heartbeating, and its tasks come back when its
-        lease expires: leaving before would leave them to no one. Once each has heartbeaten, it is alive: this
-        farmer may go.
+        """:returns: whether farmers of other hosts that hold tasks have not shown a sign of life since this one ran
+        out of work (a heartbeat, a task started or ended in their slot files). One that crashed shows none, and its
+        tasks come back when its lease expires: leaving before would leave them to no one.
         """
-        holders = self.store.remote_holders(me=self.record.name)
-        if self._idle_beats is None:
-            self._idle_beats = {name: beat for name, (beat, _) in holders.items()}
-        return {name: every for name, (beat, every) in holders.items() if self._idle_beats.get(name) == beat}
+        if self._unproven is None:  # work just ran out
+            self._unproven = self.store.remote_holders(me=self.record.name)
+            self._marks = self.store.holder_marks(self._unproven)
+            return bool(self._unproven)
+        marks = self.store.holder_marks(self._unproven)
+        self._unproven = {name: every for name, every in self._unproven.items() if marks[name] == self._marks[name]}
+        return bool(self._unproven)
 
     def _store_failed(self, message: str, *, mark: bool = True) -> None:
         if self.result.stopped is not StopReason.STORE:
@@ -417,10 +416,12 @@ class Farmer:
     def _shutdown(self) -> None:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
+        # The tasks get their runner's grace: --grace, unless the runner's INI sets its own.
+        task_grace = max(self.options.grace, float(getattr(self._runner, "grace", 0.0)))
         if self._workers and self.result.stopped is not None:
             again = "again" if self._interrupted else ""
-            self._listener(("stopping", self._running_here(), -1, str(self.options.grace), again))
-        deadline = time.monotonic() + self.options.grace + _STOP_WAIT_EXTRA
+            self._listener(("stopping", self._running_here(), -1, str(task_grace), again))
+        deadline = time.monotonic() + task_grace + _STOP_WAIT_EXTRA
         while self._workers and time.monotonic() < deadline and not self._kill_now:
             self._drain_events(_TICK)
             self._listener(("tick",))  # the view stays alive while tasks end

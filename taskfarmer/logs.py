@@ -222,7 +222,8 @@ def _find(store: WorkDir, taskid: int, attempt: int | None) -> str:
             )
         elif attempt and (ran := _attempts(store, taskid)):
             runs = f"attempt {ran[0]}" if len(ran) == 1 else f"attempts {', '.join(map(str, ran))}"
-            msg = f"No log of {which} in {store.path}: it ran as {runs} so far."
+            now = ", or runs now in stream mode" if attempt == ran[-1] + 1 else ""
+            msg = f"No log of {which} in {store.path}: it ran as {runs} so far{now}."
         else:
             msg = f"No log of {which} in {store.path}: it has not run yet, or runs now in stream mode."
         raise TaskFarmerError(msg)

@@ -168,8 +168,9 @@ def _outcome(store: WorkDir, result: FarmerResult, counts: Counts) -> int:
         )
         return EXIT_STOPPED
     if result.drained and counts.toprocess:
-        why = "SIGUSR2" if result.drain_signalled else f"{store.drain_file} exists"
-        then = "Run" if result.drain_signalled else "Remove that file (taskfarmer drain --cancel) and run"
+        by_file = store.drain_requested()  # a SIGUSR2 too, maybe: the file is what the next farmer will see
+        why = f"{store.drain_file} exists" if by_file else "SIGUSR2"
+        then = "Remove that file (taskfarmer drain --cancel) and run" if by_file else "Run"
         sys.stderr.write(
             f"pytaskfarmer: drained ({why}): {plural(counts.toprocess, 'task')} left."
             f" {then} the same command again to go on.\n"

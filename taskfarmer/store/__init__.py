@@ -68,7 +68,7 @@ from taskfarmer.store._slots import SlotLog, SlotView, Task
 from taskfarmer.words import id_list
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 _Result = TypeVar("_Result")
 
@@ -827,10 +827,9 @@ class WorkDir:
             return True  # its farmer unregistered or was recovered: nobody heartbeats for it
         return self._farmer_dead(*farmer)
 
-    def remote_holders(self, *, me: str) -> dict[str, tuple[float, float]]:
-        """:returns: the farmers of other hosts that hold tasks, with the time of their last heartbeat (as their
-        filesystem's clock says: compare it only with another of its readings) and how often they heartbeat. One
-        whose lease has expired is still listed: until :meth:`recover_dead` gives its tasks back, they are its.
+    def remote_holders(self, *, me: str) -> dict[str, float]:
+        """:returns: the farmers of other hosts that hold tasks, with how often they heartbeat. One whose lease has
+        expired is still listed: until :meth:`recover_dead` gives its tasks back, they are its.
         """
         farmers = {
             name: record
@@ -841,10 +840,21 @@ class WorkDir:
         for path in sorted(self.running.iterdir()) if farmers else []:  # one listing for them all
             name = path.name.rpartition(".")[0]
             if name in farmers and name not in holders and _slots.read(path):
-                with contextlib.suppress(FileNotFoundError):
-                    beat = (self.farmers / name).stat().st_mtime
-                    holders[name] = (beat, heartbeat_interval(farmers[name].lease))
+                holders[name] = heartbeat_interval(farmers[name].lease)
         return holders
+
+    def holder_marks(self, names: Iterable[str]) -> dict[str, tuple[object, ...]]:
+        """:returns: for each farmer of *names*, what its files show of its life: its heartbeat, and the size and
+        modification time of its slot files (a worker writes to its own at each task's start and end). A change is
+        a sign of life; so is a farmer whose files are gone (it ended, or its tasks were given back).
+        """
+        marks: dict[str, list[object]] = {name: [] for name in names}
+        for path in sorted(self.running.iterdir()) if marks else []:  # one listing for them all
+            if (name := path.name.rpartition(".")[0]) in marks:
+                with contextlib.suppress(FileNotFoundError):
+                    info = path.stat()
+                    marks[name].append((path.name, info.st_size, info.st_mtime_ns))
+        return {name: (_files.mtime_ns(self.farmers / name), *mark) for name, mark in marks.items()}
 
     # -- reading ----------------------------------------------------------------------------------------------------
 

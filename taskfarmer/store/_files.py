@@ -130,6 +130,14 @@ def read_last_lines(path: Path, count: int) -> tuple[int, list[bytes], int] | No
         os.close(fd)
 
 
+def mtime_ns(path: Path) -> int | None:
+    """:returns: the modification time of *path* in nanoseconds, ``None`` when it does not exist"""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def read_small(path: Path) -> bytes:
     """:returns: the content of a small file, empty when it does not exist."""
     try:

@@ -268,7 +268,7 @@ def test_status_and_runners_commands(tmp_path: Path, taskfarmer_home: Path, caps
 @pytest.mark.parametrize(
     ("given", "said"),
     [
-        ("t.txt", "t.txt is a tasklist that no farmer has run yet (t.txt_workdir does not exist)."),
+        ("t.txt", "t.txt has no work directory beside it (t.txt_workdir: give the one its farmers used, -w)."),
         ("nosuch", "nosuch does not exist (give a work directory, or the tasklist it was made for)."),
         (".", ". is not a pytaskfarmer work directory (it has no toprocess file)."),
     ],

@@ -221,7 +221,7 @@ def test_requeue_refuses_the_tasks_of_a_farmer_alive_on_this_host(
 
 def test_a_tasklist_edited_while_a_farmer_runs_is_not_reported_done(tmp_path: Path) -> None:
     done = tmp_path / "done"
-    tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 0.3; echo $PROC_NUMBER >> {done}"] * 3)
+    tasklist = write_tasklist(tmp_path / "t.txt", [f"sleep 1; echo $PROC_NUMBER >> {done}"] * 3)
     farmer = start_farmer(tasklist, "-n", "1")
     with cleanup(farmer):
         wait_for(lambda: len(lines(done)) >= 1, what="the first task done")

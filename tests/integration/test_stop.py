@@ -82,7 +82,12 @@ def test_a_signal_to_the_farmer_stops_it_cleanly(tmp_path: Path, signum: signal.
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_ctrl_c_or_a_closed_terminal_reaches_the_whole_process_group(tmp_path: Path, signum: signal.Signals) -> None:
-    farmer, marker, workdir = _start_busy_farm(tmp_path)
+    # Started as from a terminal: with SIGHUP at its default, whatever this test runner has (nohup ignores it).
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        farmer, marker, workdir = _start_busy_farm(tmp_path)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     with cleanup(farmer):
         os.killpg(farmer.pid, signum)  # what the terminal does: farmer and workers (tasks have own sessions)
         _assert_stopped_cleanly(farmer, marker, workdir)  # SIGHUP killed the farmer outright (status 129)

@@ -61,8 +61,11 @@ def uts_prefix() -> list[str]:
     return prefix
 
 
-def _start_on_host(prefix: list[str], host: str, tasklist: Path, workdir: Path, marker: str) -> subprocess.Popen[str]:
-    argv = farmer_argv(tasklist, "--proc", "2", "--lease", str(LEASE), "--workdir", str(workdir))
+def _start_on_host(
+    prefix: list[str], host: str, tasklist: Path, marker: str, lease: float = LEASE
+) -> subprocess.Popen[str]:
+    """Start a farmer on "host" *host*, on *tasklist* with the work directory ``workdir`` beside it."""
+    argv = farmer_argv(tasklist, "--proc", "2", "--lease", str(lease), "--workdir", str(tasklist.parent / "workdir"))
     env = {key: value for key, value in os.environ.items() if key != "SLURMD_NODENAME"}  # the hostname decides
     env["TF_TEST_MARK"] = marker
     return subprocess.Popen(
@@ -90,8 +93,8 @@ def test_another_hosts_dead_farmer_is_recovered_after_its_lease_only(tmp_path: P
     )
     workdir = tmp_path / "workdir"
     marker = f"uts-{os.getpid()}-{tmp_path.name}"
-    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
-    survivor = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, f"{marker}-A")
+    survivor = _start_on_host(uts_prefix, "nodeB", tasklist, f"{marker}-B")
     with cleanup(doomed, survivor):
         lost: dict[int, float] = {}
 
@@ -137,12 +140,12 @@ def test_a_farmer_out_of_work_waits_for_a_silent_holder_of_tasks_until_its_lease
     tasklist = write_tasklist(tmp_path / "tasks.txt", [f"sleep {TASK_SECONDS}"] * 2)
     workdir = tmp_path / "workdir"
     marker = f"uts-{os.getpid()}-{tmp_path.name}"
-    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
+    doomed = _start_on_host(uts_prefix, "nodeA", tasklist, f"{marker}-A")
     with cleanup(doomed):
         wait_for(lambda: len(_held_by(workdir, "nodeA")) == 2, what="nodeA to run both tasks")
         freeze_then_kill(lambda: processes_with_env("TF_TEST_MARK", f"{marker}-A"))
         doomed.wait(timeout=LONG)
-    late = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+    late = _start_on_host(uts_prefix, "nodeB", tasklist, f"{marker}-B")
     with cleanup(late):
         _, stderr = late.communicate(timeout=LONG + LEASE)
     assert late.returncode == 0, stderr
@@ -155,14 +158,15 @@ def test_a_farmer_out_of_work_leaves_once_the_holder_of_the_last_tasks_heartbeat
     tasklist = write_tasklist(tmp_path / "tasks.txt", ["sleep 60"] * 2)
     workdir = tmp_path / "workdir"
     marker = f"uts-{os.getpid()}-{tmp_path.name}"
-    busy = _start_on_host(uts_prefix, "nodeA", tasklist, workdir, f"{marker}-A")
+    lease = 60  # nodeA heartbeats every 6 s: nodeB sees one within about 9 s, far from waiting for the lease
+    busy = _start_on_host(uts_prefix, "nodeA", tasklist, f"{marker}-A", lease=lease)
     with cleanup(busy):
         wait_for(lambda: len(_held_by(workdir, "nodeA")) == 2, what="nodeA to run both tasks")
-        idle = _start_on_host(uts_prefix, "nodeB", tasklist, workdir, f"{marker}-B")
+        idle = _start_on_host(uts_prefix, "nodeB", tasklist, f"{marker}-B", lease=lease)
         with cleanup(idle):
             started = time.monotonic()
-            _, stderr = idle.communicate(timeout=LONG + LEASE)
+            _, stderr = idle.communicate(timeout=LONG + lease)
             waited = time.monotonic() - started
         assert idle.returncode == 0, stderr
         assert "2 still running or claimed in other farmers" in stderr
-        assert waited < LEASE, f"it waited {waited:.1f} s for a farmer that heartbeats every {LEASE / 10} s"
+        assert waited < lease / 2, f"it waited {waited:.1f} s for a farmer that heartbeats every {lease / 10} s"

@@ -251,18 +251,27 @@ def test_a_remote_farmer_whose_file_cannot_be_read_keeps_its_tasks(tmp_path: Pat
     assert [t.taskid for t in returned] == ([] if farmer_file == "damaged" else [tasks[0].taskid])
 
 
-def test_remote_holders_are_listed_with_their_heartbeat_until_their_tasks_are_given_back(tmp_path: Path) -> None:
-    store, farmer, _ = _store(tmp_path)
+def test_remote_holders_are_listed_until_their_tasks_are_given_back_with_their_signs_of_life(tmp_path: Path) -> None:
+    store, farmer, slot = _store(tmp_path)
     remote_slot = _remote(store, lease=60.0, age=30.0)
+    name = remote_slot.farmer
     assert store.remote_holders(me=farmer.name) == {}  # it holds no task yet
-    assert _claim(store, remote_slot)[1]
-    beat = (store.farmers / remote_slot.farmer).stat().st_mtime
-    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: (beat, 6.0)}  # it heartbeats every 6 s
-    os.utime(store.farmers / remote_slot.farmer, (beat - 40, beat - 40))  # 70 s: past its lease
-    # Still its tasks until recovered: a farmer that stopped looking now would leave them to no one.
-    assert store.remote_holders(me=farmer.name) == {remote_slot.farmer: (beat - 40, 6.0)}
+    log, _ = _claim(store, remote_slot)
+    assert store.remote_holders(me=farmer.name) == {name: 6.0}  # it heartbeats every 6 s
+    before = store.holder_marks([name])
+    assert store.holder_marks([name]) == before
+    log.start(0, attempt=1, log="")  # a task started: a sign of life
+    started = store.holder_marks([name])
+    assert started != before
+    os.utime(store.farmers / name)  # a heartbeat: another
+    assert store.holder_marks([name]) != started
+    beat = time.time() - 70  # past its lease: still its tasks until recovered
+    os.utime(store.farmers / name, (beat, beat))
+    assert store.remote_holders(me=farmer.name) == {name: 6.0}
     assert len(store.recover_dead(me=farmer.name)) == 1
     assert store.remote_holders(me=farmer.name) == {}
+    assert store.holder_marks([name]) == {name: (None,)}  # its files are gone
+    assert store.remote_holders(me=slot.farmer) == {}
 
 
 def test_a_tasklist_seen_changed_at_one_claim_and_restored_by_the_next_is_no_error(tmp_path: Path) -> None:
