@@ -52,6 +52,7 @@ _STOP_WAIT_EXTRA: Final = 10.0  # beyond the runner's grace, before workers are 
 _RESPAWN_LIMIT: Final = 5  # deaths of one slot within _RESPAWN_WINDOW before the farmer gives up on it
 _RESPAWN_WINDOW: Final = 60.0
 _IDLE_POLL: Final = 2.0
+_FIRST_POLL: Final = 0.1  # a farmer out of work looks at the others' slot files this soon, then less often
 _DRAIN_CHECK: Final = 1.0  # seconds between two looks for WORKDIR/drain
 
 
@@ -144,6 +145,7 @@ class Farmer:
         self._unproven: dict[str, float] | None = None
         self._marks: dict[str, tuple[object, ...]] = {}
         self._next_look = 0.0
+        self._next_poll, self._poll = 0.0, _FIRST_POLL  # their slot files: looked at again after 0.1 s, 0.2 s... 2 s
         self._workers: dict[int, BaseProcess] = {}
         self._pipes: dict[int, Connection] = {}
         self._deaths: dict[int, list[float]] = {}
@@ -235,7 +237,10 @@ class Farmer:
         """All workers found the queue empty: start them again if tasks came back; wait for late farmers."""
         if self._must_end():
             return False
-        full_look = time.monotonic() >= self._next_look
+        now = time.monotonic()
+        if now < self._next_poll:
+            return True  # waiting for other hosts' farmers: the next look comes later (quickly at first)
+        full_look = now >= self._next_look
         if full_look:  # it reads every farmer's file: while waiting, at the pace they heartbeat
             self.result.recovered.extend(t.taskid for t in self.store.recover_dead(me=self.record.name))
         if self._unfit:
@@ -243,15 +248,16 @@ class Farmer:
             self.result.unfit = self._unfit
             return False
         if self.store.toprocess.stat().st_size > 0:
-            self._unproven, self._next_look = None, 0.0
+            self._unproven, self._next_look, self._next_poll, self._poll = None, 0.0, 0.0, _FIRST_POLL
             for slot in range(self.options.processes):
                 self._start_worker(slot)
             return True
         if not self._wait_for_holders():
             return False
+        self._next_poll = now + self._poll
+        self._poll = min(2 * self._poll, _IDLE_POLL)
         if full_look:
-            self._next_look = time.monotonic() + max(min((self._unproven or {}).values()) / 2, _IDLE_POLL)
-        self._drain_events(_IDLE_POLL)
+            self._next_look = now + max(min((self._unproven or {}).values()) / 2, _IDLE_POLL)
         return True
 
     def _must_end(self) -> bool:
