@@ -24,7 +24,7 @@ from taskfarmer import process
 from taskfarmer.errors import WorkDirError
 from taskfarmer.logs import FILES
 from taskfarmer.packing import ResourcePool, pool_lock_path
-from taskfarmer.store import FarmerRecord, WorkDir, heartbeat_interval
+from taskfarmer.store import FarmerRecord, RemoteHolder, WorkDir, heartbeat_interval
 from taskfarmer.worker import (
     EXIT_DONE,
     EXIT_STOPPED,
@@ -140,10 +140,9 @@ class Farmer:
             lock=self._slots_lock,
         )
         self._unfit = 0  # what the last workers to claim found they could not run
-        # Once work ran out: other hosts' farmers holding tasks that showed no sign of life since (name -> their
-        # heartbeat interval), what their files showed then, and when to read every farmer's file again.
-        self._unproven: dict[str, float] | None = None
-        self._marks: dict[str, tuple[object, ...]] = {}
+        # Once work ran out: other hosts' farmers holding tasks that showed no sign of life since, and when to read
+        # every farmer's file again.
+        self._unproven: dict[str, RemoteHolder] | None = None
         self._next_look = 0.0
         self._next_poll, self._poll = 0.0, _FIRST_POLL  # their slot files: looked at again after 0.1 s, 0.2 s... 2 s
         self._workers: dict[int, BaseProcess] = {}
@@ -257,7 +256,7 @@ class Farmer:
         self._next_poll = now + self._poll
         self._poll = min(2 * self._poll, _IDLE_POLL)
         if full_look:
-            self._next_look = now + max(min((self._unproven or {}).values()) / 2, _IDLE_POLL)
+            self._next_look = now + max(min(held.every for held in (self._unproven or {}).values()) / 2, _IDLE_POLL)
         return True
 
     def _must_end(self) -> bool:
@@ -275,10 +274,9 @@ class Farmer:
         """
         if self._unproven is None:  # work just ran out
             self._unproven = self.store.remote_holders(me=self.record.name)
-            self._marks = self.store.holder_marks(self._unproven)
             return bool(self._unproven)
         marks = self.store.holder_marks(self._unproven)
-        self._unproven = {name: every for name, every in self._unproven.items() if marks[name] == self._marks[name]}
+        self._unproven = {name: held for name, held in self._unproven.items() if marks[name] == held.mark}
         return bool(self._unproven)
 
     def _store_failed(self, message: str, *, mark: bool = True) -> None:

@@ -68,7 +68,7 @@ from taskfarmer.store._slots import SlotLog, SlotView, Task
 from taskfarmer.words import id_list
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterator, Mapping
 
 _Result = TypeVar("_Result")
 
@@ -84,6 +84,7 @@ __all__ = [
     "IngestResult",
     "Invalid",
     "Outcome",
+    "RemoteHolder",
     "SlotLog",
     "SlotRecord",
     "SlotView",
@@ -827,34 +828,46 @@ class WorkDir:
             return True  # its farmer unregistered or was recovered: nobody heartbeats for it
         return self._farmer_dead(*farmer)
 
-    def remote_holders(self, *, me: str) -> dict[str, float]:
-        """:returns: the farmers of other hosts that hold tasks, with how often they heartbeat. One whose lease has
-        expired is still listed: until :meth:`recover_dead` gives its tasks back, they are its.
+    def remote_holders(self, *, me: str) -> dict[str, RemoteHolder]:
+        """:returns: the farmers of other hosts that hold tasks, with how often they heartbeat and what their files
+        show now (see :meth:`holder_marks`). One whose lease has expired is still listed: until
+        :meth:`recover_dead` gives its tasks back, they are its.
         """
         farmers = {
             name: record
             for name, (record, _) in self.read_farmers().items()
             if name != me and not record.holder.is_local()
         }  # this host's farmers are checked by PID
-        holders = {}
+        slots: dict[str, list[tuple[str, int]]] = {}
+        holding: set[str] = set()
         for path in sorted(self.running.iterdir()) if farmers else []:  # one listing for them all
             name = path.name.rpartition(".")[0]
-            if name in farmers and name not in holders and _slots.read(path):
-                holders[name] = heartbeat_interval(farmers[name].lease)
-        return holders
+            if name in farmers:
+                data = _files.read_small(path)
+                slots.setdefault(name, []).append((path.name, len(data)))
+                holding |= {name} if _slots.holds_tasks(data) else set()
+        return {
+            name: RemoteHolder(
+                every=heartbeat_interval(farmers[name].lease),
+                slots=tuple(slot for slot, _ in slots[name]),
+                mark=(_files.mtime_ns(self.farmers / name), *(size for _, size in slots[name])),
+            )
+            for name in holding
+        }
 
-    def holder_marks(self, names: Iterable[str]) -> dict[str, tuple[object, ...]]:
-        """:returns: for each farmer of *names*, what its files show of its life: its heartbeat, and the size and
-        modification time of its slot files (a worker writes to its own at each task's start and end). A change is
-        a sign of life; so is a farmer whose files are gone (it ended, or its tasks were given back).
+    def holder_marks(self, holders: Mapping[str, RemoteHolder]) -> dict[str, tuple[int | None, ...]]:
+        """:returns: for each of *holders*, what its files show of its life, to compare with its ``mark``: its
+        heartbeat, and the size of each of its slot files (a worker appends to its own at each task's start and end;
+        read through an open, as NFS then revalidates: a cached size could differ without a change). A change is a
+        sign of life; so is a file gone (the farmer ended, or its tasks were given back).
         """
-        marks: dict[str, list[object]] = {name: [] for name in names}
-        for path in sorted(self.running.iterdir()) if marks else []:  # one listing for them all
-            if (name := path.name.rpartition(".")[0]) in marks:
-                with contextlib.suppress(FileNotFoundError):
-                    info = path.stat()
-                    marks[name].append((path.name, info.st_size, info.st_mtime_ns))
-        return {name: (_files.mtime_ns(self.farmers / name), *mark) for name, mark in marks.items()}
+        return {
+            name: (
+                _files.mtime_ns(self.farmers / name),
+                *(_files.size(self.running / slot) for slot in holder.slots),
+            )
+            for name, holder in holders.items()
+        }
 
     # -- reading ----------------------------------------------------------------------------------------------------
 
@@ -892,6 +905,15 @@ class WorkDir:
         """:returns: every worker's slot file, read back (no lock; one read per worker, whatever the list's length)"""
         views = (_slots.read(path) for path in sorted(self.running.iterdir()))
         return [view for view in views if view is not None]
+
+
+@dataclass(frozen=True)
+class RemoteHolder:
+    """A farmer of another host that holds tasks, as one out of work watches it for a sign of life."""
+
+    every: float  # seconds between its heartbeats
+    slots: tuple[str, ...]  # its slot files in running/
+    mark: tuple[int | None, ...]  # what its files showed: heartbeat time, then each slot file's size
 
 
 class StaleViewError(WorkDirError):

@@ -198,6 +198,14 @@ def _holder(raw: dict[str, Any]) -> Holder:
     return Holder(**{key: raw[key] for key in ("host", "boot", "pid", "ctime")})
 
 
+def holds_tasks(data: bytes) -> bool:
+    """:returns: whether a slot file's content *data* holds a batch (not idle, not damaged)"""
+    try:
+        return parse(data) is not None
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def read(path: Path) -> SlotView | None:
     """:returns: the slot file at *path*, ``None`` when idle, missing or damaged"""
     try:

@@ -257,20 +257,22 @@ def test_remote_holders_are_listed_until_their_tasks_are_given_back_with_their_s
     name = remote_slot.farmer
     assert store.remote_holders(me=farmer.name) == {}  # it holds no task yet
     log, _ = _claim(store, remote_slot)
-    assert store.remote_holders(me=farmer.name) == {name: 6.0}  # it heartbeats every 6 s
-    before = store.holder_marks([name])
-    assert store.holder_marks([name]) == before
+    holders = store.remote_holders(me=farmer.name)
+    assert list(holders) == [name]
+    assert holders[name].every == 6.0  # it heartbeats every 6 s
+    assert holders[name].slots == (f"{name}.0",)
+    assert store.holder_marks(holders) == {name: holders[name].mark}  # no sign of life yet
     log.start(0, attempt=1, log="")  # a task started: a sign of life
-    started = store.holder_marks([name])
-    assert started != before
+    started = store.holder_marks(holders)[name]
+    assert started != holders[name].mark
     os.utime(store.farmers / name)  # a heartbeat: another
-    assert store.holder_marks([name]) != started
+    assert store.holder_marks(holders)[name] != started
     beat = time.time() - 70  # past its lease: still its tasks until recovered
     os.utime(store.farmers / name, (beat, beat))
-    assert store.remote_holders(me=farmer.name) == {name: 6.0}
+    assert list(store.remote_holders(me=farmer.name)) == [name]
     assert len(store.recover_dead(me=farmer.name)) == 1
     assert store.remote_holders(me=farmer.name) == {}
-    assert store.holder_marks([name]) == {name: (None,)}  # its files are gone
+    assert store.holder_marks(holders) == {name: (None, 0)}  # its files are gone
     assert store.remote_holders(me=slot.farmer) == {}
 
 
