@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from taskfarmer import process
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from multiprocessing.context import BaseContext
@@ -109,20 +111,10 @@ def pool_lock_path(farmer: str, *, host: str) -> Path:
     directory = Path(tempfile.gettempdir())
     for path in directory.glob(f"taskfarmer-{glob.escape(host)}.*.slots"):
         pid, _, _ = path.name.removeprefix(f"taskfarmer-{host}.").partition(".")
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process.pid_alive(int(pid)):
             with contextlib.suppress(OSError):  # removed meanwhile, or another user's
                 path.unlink()
     return directory / f"taskfarmer-{farmer}.slots"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 class _Locked:

@@ -277,10 +277,17 @@ def serve_and_wait(served: Path, waiting: Path) -> tuple[subprocess.CompletedPro
     return server, waited
 
 
-def in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes]:
-    """Run *argv* in a pseudo-terminal of 120 x 40. :returns: its exit status and everything it drew"""
+@contextlib.contextmanager
+def on_a_terminal(
+    argv: list[str], cwd: Path, *, columns: int = 120
+) -> Iterator[tuple[subprocess.Popen[bytes], bytearray]]:
+    """Run *argv* in a pseudo-terminal of *columns* x 40, in a session of its own.
+
+    :returns: the process, and everything it drew so far (it grows while the process runs); the process group is
+        killed on leaving if it still runs
+    """
     controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, cwd=cwd, start_new_session=True)
     os.close(terminal)
     screen = bytearray()
@@ -297,7 +304,18 @@ def in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes]:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    status = proc.wait(timeout=LONG)
-    reader.join(timeout=LONG)
-    os.close(controller)
+    try:
+        yield proc, screen
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=LONG)
+        reader.join(timeout=LONG)
+        os.close(controller)
+
+
+def in_a_terminal(argv: list[str], cwd: Path) -> tuple[int, bytes]:
+    """Run *argv* to its end in a pseudo-terminal of 120 x 40. :returns: its exit status and everything it drew"""
+    with on_a_terminal(argv, cwd) as (proc, screen):
+        status = proc.wait(timeout=LONG)
     return status, bytes(screen)

@@ -3,14 +3,7 @@ what a first Ctrl-C does (issue 9)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import signal
-import struct
-import subprocess
-import termios
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +13,7 @@ from tests.helpers import (
     cleanup,
     farmer_argv,
     in_a_terminal,
+    on_a_terminal,
     run_farmer,
     start_farmer,
     wait_for,
@@ -65,42 +59,13 @@ def test_a_first_ctrl_c_counts_the_tasks_running_not_the_workers(tmp_path: Path)
 @pytest.mark.timeout(90)
 def test_on_a_terminal_logs_go_above_the_view_and_a_first_ctrl_c_says_what_happens(tmp_path: Path) -> None:
     tasklist = write_tasklist(tmp_path / "t.txt", ["exit 4", *["sleep 30"] * 4])
-    controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a terminal of 160 columns
-    farmer = subprocess.Popen(
-        farmer_argv(tasklist, "-n", "2", "-v", "--grace", "1"),
-        stdin=terminal,
-        stdout=terminal,
-        stderr=terminal,
-        cwd=tmp_path,
-        start_new_session=True,
-    )
-    os.close(terminal)
-    screen = bytearray()
-
-    def read() -> None:
-        while True:
-            try:
-                chunk = os.read(controller, 4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            screen.extend(chunk)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+    argv = farmer_argv(tasklist, "-n", "2", "-v", "--grace", "1")
+    with on_a_terminal(argv, tmp_path, columns=160) as (farmer, screen):
         wait_for(lambda: screen.count(b"started (attempt 1): sleep 30") >= 2, what="two long tasks running")
         wait_for(lambda: b"last failures:" in screen, what="the view to show the failure")
         assert b"task 0 failed (exit:4)" in screen
         farmer.send_signal(signal.SIGINT)
         assert farmer.wait(timeout=LONG) == 3
-    finally:
-        if farmer.poll() is None:
-            os.killpg(farmer.pid, signal.SIGKILL)
-        reader.join(5)
-        os.close(controller)
     text = screen.decode(errors="replace")
     assert "stopping: 2 running tasks get SIGTERM, SIGKILL after 1.0 s; Ctrl-C again to kill them now" in text
     assert "worker 0: task" in text  # a worker's -v line, drawn by the farmer above its view
