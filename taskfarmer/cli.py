@@ -249,7 +249,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--end-time",
         type=_end_time,
         help="when the allocation ends (epoch seconds or 2026-11-21T08:00:00; default: the Slurm job's): no task is"
-        " claimed that could not finish by then (its time= directive, else --task-duration)",
+        " claimed that could not finish by then (--task-duration, a task's time= directive)",
     )
     batch.add_argument("--node-setup", help="shell command run once per node before the workers start, under a lock")
 

@@ -97,9 +97,8 @@ def prepare_workdir(args: argparse.Namespace, *, preflight: bool) -> Prepared:
     only submits jobs.
     """
     runner = config.runner_catalog().get(args.runner)
-    runner_object, _ = config.build_runner(
-        runner, grace=args.grace
-    )  # a wrong definition fails here, before the workdir is touched
+    # A wrong definition fails here, before the work directory is touched.
+    runner_object, _ = config.build_runner(runner, grace=args.grace)
     _LOGGER.info("runner %s (%s) from %s", runner.name, runner.class_name, runner.source)
     handler = config.tasklist_catalog().get(args.handler)
     config.build_tasklist(handler)

@@ -232,7 +232,8 @@ class Worker:
             tasks = self._claim()
         if self.store.unfit:
             self._send("unfit", -1, str(self.store.unfit))
-        self._send("tasklist", -1, self.store.tasklist_error)  # as this worker last saw it ("": taken in)
+        if self.store.tasklist_error:  # as its last look found it: a list restored since is taken in, and no error
+            self._send("tasklist", -1, self.store.tasklist_error)
         return EXIT_DONE if self._may_start() else EXIT_STOPPED
 
     def _claim(self) -> list[Task]:
