@@ -86,7 +86,7 @@ def job_rows(campaign: Campaign, state: CampaignState, queue: QueueView | None) 
     """:returns: every job the campaign submitted, oldest first, with what it is doing or how it ended"""
     records = campaign.read_jobs()
     rows = [
-        _row(job_id, submission.at, records.pop(job_id, None), queue)
+        _row(job_id, submission.at, records.pop(job_id, None), queue, cancelled=state.cancelled)
         for submission in state.submissions
         for job_id in _job_ids(state.settings.scheduler, submission.id, submission.count)
     ]
@@ -100,7 +100,9 @@ def _job_ids(scheduler: str, submission: str, count: int) -> list[str]:
     return [f"{submission}{separator}{index}" for index in range(count)]
 
 
-def _row(job_id: str, submitted: float, record: JobRecord | None, queue: QueueView | None) -> JobRow:
+def _row(
+    job_id: str, submitted: float, record: JobRecord | None, queue: QueueView | None, *, cancelled: bool = False
+) -> JobRow:
     queued = queue.jobs.get(job_id) if queue else None
     if record is not None and record.ended is not None:
         failed = record.farmer_status not in (0, 1, 3, None)
@@ -113,7 +115,8 @@ def _row(job_id: str, submitted: float, record: JobRecord | None, queue: QueueVi
         return JobRow(job_id, RUNNING, record.host, record.started)
     if queued is not None:
         return JobRow(job_id, queued.state, queued.host, submitted)
-    if queue is not None and queue.at > submitted + 5:
+    # A job just submitted may not be listed yet; once the campaign is cancelled, one not listed was removed.
+    if queue is not None and (cancelled or queue.at > submitted + 5):
         return JobRow(job_id, "cancelled", "", submitted, "left the queue without starting")
     return JobRow(job_id, QUEUED, "", submitted)
 

@@ -93,6 +93,14 @@ def test_each_job_is_in_the_state_its_record_and_the_queue_say(tmp_path: Path) -
     assert live_jobs(list(rows.values())) == 2
 
 
+def test_a_job_removed_by_a_cancel_moments_after_its_submission_is_cancelled(tmp_path: Path) -> None:
+    campaign, state = _campaign(tmp_path, [])
+    queue = QueueView(at=103.0, jobs={})  # 3 s after the submission: a job may not be listed yet
+    assert {row.state for row in job_rows(campaign, state, queue)} == {"queued"}
+    state.cancelled = True  # but after a cancel, one not listed was removed
+    assert {row.detail for row in job_rows(campaign, state, queue)} == {"left the queue without starting"}
+
+
 def test_without_an_answer_of_the_scheduler_no_job_is_taken_for_lost(tmp_path: Path) -> None:
     campaign, state = _campaign(tmp_path, [JobRecord("7_0", "n1", started=110.0)])
     rows = {row.id: row.state for row in job_rows(campaign, state, None)}
