@@ -421,7 +421,8 @@ class Farmer:
         """Make every worker end its task and return it; kill the ones that do not; leave no process behind."""
         self._flags.stop()
         # The tasks get their runner's grace: --grace, unless the runner's INI sets its own.
-        task_grace = max(self.options.grace, float(getattr(self._runner, "grace", 0.0)))
+        runner_grace = getattr(self._runner, "grace", None)  # a PyTaskFarmer runner has none
+        task_grace = max(self.options.grace, runner_grace if isinstance(runner_grace, (int, float)) else 0.0)
         if self._workers and self.result.stopped is not None:
             again = "again" if self._interrupted else ""
             self._listener(("stopping", self._running_here(), -1, str(task_grace), again))

@@ -6,7 +6,7 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from taskfarmer.errors import TaskFarmerError
-from taskfarmer.store import UNREADABLE, heartbeat_interval
+from taskfarmer.store import UNREADABLE, heartbeat_interval, heartbeat_late
 from taskfarmer.words import plural
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def check_farmers_gone(store: WorkDir, names: list[str], *, force: bool) -> None
                 f" {record.holder.pid}), and its running tasks go back to the queue by themselves."
             )
             raise TaskFarmerError(msg)
-        if not record.holder.is_local() and age < 2 * heartbeat_interval(record.lease) and not force:
+        if not record.holder.is_local() and not heartbeat_late(age, record.lease) and not force:
             msg = (
                 f"Farmer {name} on {record.holder.host} heartbeat {age:.0f} s ago (it does every"
                 f" {heartbeat_interval(record.lease):.0f} s): it looks alive, and its tasks would run twice. If its"

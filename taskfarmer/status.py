@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from taskfarmer import jobs
 from taskfarmer.campaign import Campaign, CampaignError
-from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, UNREADABLE, heartbeat_interval
+from taskfarmer.store import ACCOUNTING_HEADER, GAVE_BACK, UNREADABLE, heartbeat_late
 from taskfarmer.words import format_duration, plural, printable
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def farmer_states(store: WorkDir) -> list[dict[str, object]]:
             state = "alive" if record.holder.is_alive_locally() else "dead (process gone)"
         elif age > record.lease:
             state = f"presumed dead (no heartbeat for {age:.0f} s, lease {record.lease:.0f} s)"
-        elif age > 2 * heartbeat_interval(record.lease):
+        elif heartbeat_late(age, record.lease):
             state = f"late (no heartbeat for {age:.0f} s, lease {record.lease:.0f} s)"
         else:
             state = "alive"

@@ -360,8 +360,9 @@ class Worker:
             self._slot_log.record_log(self._index, self.logs.close(log))
             return None
         missing = missing_outputs(plan.outputs) if returncode == 0 and not (verdict.killed_for or reason) else []
-        if missing:  # said where the user looks for why it failed
-            log.handle.write(f"pytaskfarmer: {MISSING}: absent or empty: {', '.join(missing)}\n")
+        if missing:
+            with contextlib.suppress(ValueError, OSError):  # said where the user looks, unless a runner closed it
+                log.handle.write(f"pytaskfarmer: {MISSING}: absent or empty: {', '.join(missing)}\n")
             reason = MISSING
         location = self.logs.close(log)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -958,6 +958,11 @@ def heartbeat_interval(lease: float) -> float:
     return max(lease / 10, 0.5)
 
 
+def heartbeat_late(age: float, lease: float) -> bool:
+    """:returns: whether a heartbeat *age* seconds old is late for a farmer with this lease (two were missed)"""
+    return age > 2 * heartbeat_interval(lease)
+
+
 def slot_counts(views: list[SlotView]) -> Counts:
     """:returns: what the slot files hold: tasks running, claimed, and ended but not yet written to the shared files"""
     counts = Counts()
