@@ -129,8 +129,8 @@ def test_tasks_get_sigterm_first_then_sigkill_after_the_grace(tmp_path: Path) ->
             f"trap '' TERM; echo stubborn >> {log}; sleep 300 & wait",
         ],
     )
-    # A grace of 3 s: on a loaded machine (CI runs five engines beside the tests) a trap may take over a second to run.
-    farmer = start_farmer(tasklist, "-n", "2", "--grace", "3", env={"TF_TEST_MARK": marker})
+    # A grace of 8 s: on a loaded machine (CI runs five engines beside the tests) a trap once took over 3 s to run.
+    farmer = start_farmer(tasklist, "-n", "2", "--grace", "8", env={"TF_TEST_MARK": marker})
     with cleanup(farmer):
         wait_for(lambda: len(lines(log)) == 2, what="both tasks ready")
         os.kill(farmer.pid, signal.SIGTERM)
